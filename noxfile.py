@@ -1,0 +1,119 @@
+"""noxfile.py -- owned by the test-matrix work (matrix/ + noxfile.py).
+
+Sessions:
+  tests-3.12, tests-3.13, tests-3.13t  always defined (fail loudly if not provisioned)
+  tests-3.14, tests-3.14t              only when `matrix/provision --list` reports them
+  lint                                 cargo clippy -D warnings, cargo fmt --check, ruff
+  bench                                python bench/run.py (3.12 venv, project installed)
+
+`nox` with no arguments runs the tests-* sessions of the provisioned versions plus lint.
+
+Interpreter paths come from `matrix/provision --list` ("VERSION PATH" lines); this file
+never builds interpreters, run `matrix/provision` (or `bash matrix/test`) first.
+Venvs use the stdlib `venv` backend of the target interpreter. The test sessions
+install maturin + pytest, then the project with `pip install --no-build-isolation .`
+(maturin builds the extension for that interpreter), then run `pytest -v tests`
+with `session.posargs` appended. The caller's environment is passed through, e.g.
+PYUSDT_REQUIRE_BPFTRACE=1 turns bpftrace skips into failures.
+"""
+
+import subprocess
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).resolve().parent
+PROVISION = ROOT / "matrix" / "provision"
+REQUIRED = ("3.12", "3.13", "3.13t")
+OPTIONAL = ("3.14", "3.14t")
+BUILD_REQS = ("maturin>=1.7,<2", "pytest")
+
+nox.options.reuse_existing_virtualenvs = False
+nox.options.error_on_missing_interpreters = True
+
+
+def _provisioned() -> dict[str, str]:
+    """Map VERSION -> interpreter path, as reported by `matrix/provision --list`."""
+    try:
+        proc = subprocess.run(
+            [str(PROVISION), "--list"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=300,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    found: dict[str, str] = {}
+    for line in proc.stdout.splitlines():
+        parts = line.split(maxsplit=1)
+        if len(parts) == 2:
+            found[parts[0]] = parts[1].strip()
+    return found
+
+
+INTERPRETERS = _provisioned()
+PY312 = INTERPRETERS.get("3.12")
+
+
+def _require(session: nox.Session, version: str) -> None:
+    if version not in INTERPRETERS:
+        session.error(
+            f"Python {version} is not provisioned: run `matrix/provision` "
+            f"(or `bash matrix/test`) first; `matrix/provision --list` shows what is usable"
+        )
+
+
+def _install_project(session: nox.Session) -> None:
+    session.install(*BUILD_REQS)
+    session.install("--no-build-isolation", ".")
+
+
+def _make_tests_session(version: str) -> None:
+    path = INTERPRETERS.get(version)
+
+    # Without an interpreter the session runs venv-less just to report the problem.
+    @nox.session(
+        name=f"tests-{version}",
+        python=path if path else False,
+        venv_backend="venv" if path else "none",
+    )
+    def tests(session: nox.Session) -> None:
+        _require(session, version)
+        _install_project(session)
+        session.run("pytest", "-v", "tests", *session.posargs)
+
+
+for _version in REQUIRED + OPTIONAL:
+    if _version in REQUIRED or _version in INTERPRETERS:
+        _make_tests_session(_version)
+
+
+@nox.session(python=PY312 if PY312 else False, venv_backend="venv" if PY312 else "none")
+def lint(session: nox.Session) -> None:
+    """cargo clippy (-D warnings), cargo fmt --check, ruff check, ruff format --check."""
+    _require(session, "3.12")
+    session.install("ruff")
+    # pyo3's build script needs an interpreter; pin it to the provisioned 3.12.
+    cargo_env = {"PYO3_PYTHON": str(PY312)}
+    session.run(
+        "cargo", "clippy", "--all-targets", "--", "-D", "warnings", external=True, env=cargo_env
+    )
+    session.run("cargo", "fmt", "--check", external=True)
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PY312 if PY312 else False, venv_backend="venv" if PY312 else "none")
+def bench(session: nox.Session) -> None:
+    """Run bench/run.py (posargs passed through) against the project in a 3.12 venv."""
+    _require(session, "3.12")
+    if not (ROOT / "bench" / "run.py").exists():
+        session.skip("bench/run.py does not exist yet")
+    _install_project(session)
+    session.run("python", "bench/run.py", *session.posargs)
+
+
+nox.options.sessions = [
+    f"tests-{v}" for v in REQUIRED + OPTIONAL if v in INTERPRETERS or v in REQUIRED
+] + ["lint"]
