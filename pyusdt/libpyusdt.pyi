@@ -1,0 +1,18 @@
+# Type stubs for the native extension `pyusdt.libpyusdt` (written in Rust, see src/).
+# This file owns only the typing of its Python-visible API.
+from typing import TypedDict
+
+__version__: str
+
+class Status(TypedDict):  # stub-only: for annotations under TYPE_CHECKING
+    """What `status()` reports about this interpreter's probes."""
+
+    tool_id: int | None  # the sys.monitoring tool id in use, None while not registered
+    poll_msec: int  # how often the watcher checks for attached tracers (PYUSDT_CHECK_MSEC)
+    attached: list[str]  # probes whose USDT semaphore is > 0 (a tracer is attached)
+    enabled: list[str]  # probes whose sys.monitoring events are enabled here
+    interpreter_id: int
+    repr_max: int  # maximum bytes of a value repr passed to PY_RETURN/PY_YIELD/CALL
+
+def status() -> Status: ...
+def attached_probes() -> list[str]: ...
