@@ -1,0 +1,168 @@
+//! The `sys.monitoring` callbacks: METH_FASTCALL C functions bound to this
+//! interpreter's module, one per event, each firing its USDT probe.
+//!
+//! Per event: one semaphore read, the code object's fields read in place
+//! (`code_info`), and for value probes a bounded repr (`repr`). Nothing is
+//! allocated for names and files and nothing shared is locked, so callbacks
+//! run concurrently on the free-threaded build.
+
+use std::ffi::c_char;
+use std::ptr;
+
+use pyo3::ffi;
+
+use crate::code_info;
+use crate::probes::{self, Probe};
+use crate::repr;
+use crate::state::{self, State};
+
+type Args = *mut *mut ffi::PyObject;
+
+/// Returns a new reference to None.
+#[inline(always)]
+fn none() -> *mut ffi::PyObject {
+    // SAFETY: Py_None is a valid (immortal) object; we return a new reference.
+    unsafe { ffi::Py_NewRef(ffi::Py_None()) }
+}
+
+/// Validated callback arguments: the state, the code object and args.
+///
+/// # Safety
+/// Called from a METH_FASTCALL function: attached, `args` has `nargs` items.
+#[inline(always)]
+unsafe fn prologue<'a>(
+    module: *mut ffi::PyObject,
+    args: Args,
+    nargs: ffi::Py_ssize_t,
+    want: ffi::Py_ssize_t,
+) -> Result<(&'a State, &'a [*mut ffi::PyObject]), ()> {
+    // SAFETY: per the contract; the callbacks are created with `module` as self.
+    unsafe {
+        if nargs != want || !code_info::is_code(*args) {
+            ffi::PyErr_SetString(
+                ffi::PyExc_TypeError,
+                c"pyusdt callbacks take (code, int, ...) from sys.monitoring".as_ptr(),
+            );
+            return Err(());
+        }
+        match state::of(module) {
+            Some(s) => Ok((s, std::slice::from_raw_parts(args, nargs as usize))),
+            None => {
+                ffi::PyErr_SetString(
+                    ffi::PyExc_RuntimeError,
+                    c"pyusdt module not initialised".as_ptr(),
+                );
+                Err(())
+            }
+        }
+    }
+}
+
+/// An int argument (offset or line number); -1 if it is not an int.
+#[inline(always)]
+unsafe fn int_arg(obj: *mut ffi::PyObject) -> i64 {
+    // SAFETY: attached; `obj` is valid.
+    unsafe {
+        let v = ffi::PyLong_AsLongLong(obj);
+        if v == -1 && !ffi::PyErr_Occurred().is_null() {
+            ffi::PyErr_Clear();
+        }
+        v
+    }
+}
+
+macro_rules! start_like {
+    ($fn_name:ident, $probe:expr, $macro:ident) => {
+        pub unsafe extern "C" fn $fn_name(
+            module: *mut ffi::PyObject,
+            args: Args,
+            nargs: ffi::Py_ssize_t,
+        ) -> *mut ffi::PyObject {
+            if !$probe.attached() {
+                return none();
+            }
+            // SAFETY: CPython calls us attached, with `nargs` arguments.
+            let Ok((st, a)) = (unsafe { prologue(module, args, nargs, 2) }) else {
+                return ptr::null_mut();
+            };
+            // SAFETY: attached; `a[0]` is a code object (checked by `prologue`).
+            let (info, offset) = unsafe { (code_info::read(a[0], st.layout_ok), int_arg(a[1])) };
+            probes::pyusdt::$macro!(|| (
+                info.name as usize,
+                info.file as usize,
+                info.firstlineno,
+                offset,
+                st.interp_id
+            ));
+            drop(info);
+            none()
+        }
+    };
+}
+
+start_like!(py_start, Probe::PyStart, PY_START);
+start_like!(py_resume, Probe::PyResume, PY_RESUME);
+
+macro_rules! value_like {
+    ($fn_name:ident, $probe:expr, $macro:ident, $nargs:expr) => {
+        pub unsafe extern "C" fn $fn_name(
+            module: *mut ffi::PyObject,
+            args: Args,
+            nargs: ffi::Py_ssize_t,
+        ) -> *mut ffi::PyObject {
+            if !$probe.attached() {
+                return none();
+            }
+            // SAFETY: CPython calls us attached, with `nargs` arguments.
+            let Ok((st, a)) = (unsafe { prologue(module, args, nargs, $nargs) }) else {
+                return ptr::null_mut();
+            };
+            // SAFETY: attached; `a[0]` is a code object (checked by `prologue`).
+            let (info, offset) = unsafe { (code_info::read(a[0], st.layout_ok), int_arg(a[1])) };
+            // SAFETY: attached to the interpreter that owns `st.scratch`.
+            let Some(value) = (unsafe { repr::bounded(&st.scratch, a[2]) }) else {
+                return ptr::null_mut();
+            };
+            let value_ptr: *const c_char = value.ptr();
+            probes::pyusdt::$macro!(|| (
+                info.name as usize,
+                info.file as usize,
+                info.firstlineno,
+                offset,
+                value_ptr as usize,
+                st.interp_id
+            ));
+            drop(value);
+            drop(info);
+            none()
+        }
+    };
+}
+
+value_like!(py_return, Probe::PyReturn, PY_RETURN, 3);
+value_like!(py_yield, Probe::PyYield, PY_YIELD, 3);
+// CALL passes (code, offset, callable, arg0).
+value_like!(call, Probe::Call, CALL, 4);
+
+pub unsafe extern "C" fn line(
+    module: *mut ffi::PyObject,
+    args: Args,
+    nargs: ffi::Py_ssize_t,
+) -> *mut ffi::PyObject {
+    if !Probe::Line.attached() {
+        return none();
+    }
+    // SAFETY: CPython calls us attached, with `nargs` arguments.
+    let Ok((st, a)) = (unsafe { prologue(module, args, nargs, 2) }) else {
+        return ptr::null_mut();
+    };
+    // SAFETY: attached; `a[0]` is a code object (checked by `prologue`).
+    let (info, lineno) = unsafe { (code_info::read(a[0], st.layout_ok), int_arg(a[1]) as i32) };
+    probes::pyusdt::LINE!(|| (info.name as usize, info.file as usize, lineno, st.interp_id));
+    drop(info);
+    none()
+}
+
+/// The callback function for each probe, indexed like `Probe::ALL`.
+pub const FUNCTIONS: [ffi::PyCFunctionFast; 6] =
+    [py_start, py_resume, py_return, py_yield, call, line];

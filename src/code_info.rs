@@ -1,0 +1,210 @@
+//! Function name, file name and first line of a code object, as borrowed
+//! NUL-terminated UTF-8 pointers for the probes, without allocating.
+//!
+//! CPython has no C accessor for `co_name`, `co_filename` or `co_firstlineno`
+//! other than attribute lookup, which costs three descriptor calls per event.
+//! So the fields are read from the start of `PyCodeObject`, whose layout up to
+//! `co_name` is the same in 3.12, 3.13 and 3.14 (free-threaded or not: only
+//! the object header differs, and `PyVarObject` follows the build). The layout
+//! is checked against attribute lookup when the module is loaded; if it does
+//! not match (an interpreter we do not know), every event takes the slow,
+//! attribute-lookup path instead.
+
+use std::ffi::{c_char, c_int, CStr};
+use std::ptr;
+
+use pyo3::ffi;
+
+#[repr(C)]
+struct CodeHead {
+    ob_base: ffi::PyVarObject,
+    co_consts: *mut ffi::PyObject,
+    co_names: *mut ffi::PyObject,
+    co_exceptiontable: *mut ffi::PyObject,
+    co_flags: c_int,
+    co_argcount: c_int,
+    co_posonlyargcount: c_int,
+    co_kwonlyargcount: c_int,
+    co_stacksize: c_int,
+    co_firstlineno: c_int,
+    co_nlocalsplus: c_int,
+    co_framesize: c_int,
+    co_nlocals: c_int,
+    co_ncellvars: c_int,
+    co_nfreevars: c_int,
+    co_version: u32,
+    co_localsplusnames: *mut ffi::PyObject,
+    co_localspluskinds: *mut ffi::PyObject,
+    co_filename: *mut ffi::PyObject,
+    co_name: *mut ffi::PyObject,
+}
+
+const UNKNOWN: &CStr = c"<unknown>";
+
+/// What the probes say about a code object. The pointers borrow UTF-8 kept by
+/// `str` objects that `holder` (or the code object itself) keeps alive.
+pub struct CodeInfo {
+    pub name: *const c_char,
+    pub file: *const c_char,
+    pub firstlineno: i32,
+    /// Strong references taken by the slow path, released on drop.
+    holder: [*mut ffi::PyObject; 2],
+}
+
+impl Drop for CodeInfo {
+    fn drop(&mut self) {
+        for obj in self.holder {
+            // SAFETY: CodeInfo only lives inside a callback, while attached;
+            // `holder` holds owned references or null.
+            unsafe { ffi::Py_XDECREF(obj) };
+        }
+    }
+}
+
+/// Borrowed UTF-8 of a `str`, or `<unknown>` (with the error cleared) when it
+/// is not a str or cannot be encoded (lone surrogates).
+///
+/// # Safety
+/// Attached to the interpreter; `s` is null or a valid object.
+unsafe fn utf8(s: *mut ffi::PyObject) -> *const c_char {
+    // SAFETY: the caller guarantees attachment and a valid or null `s`.
+    unsafe {
+        if s.is_null() || ffi::PyUnicode_Check(s) == 0 {
+            return UNKNOWN.as_ptr();
+        }
+        let p = ffi::PyUnicode_AsUTF8AndSize(s, ptr::null_mut());
+        if p.is_null() {
+            ffi::PyErr_Clear();
+            return UNKNOWN.as_ptr();
+        }
+        p
+    }
+}
+
+/// True if `obj` is a code object.
+///
+/// # Safety
+/// `obj` is a valid object.
+#[inline(always)]
+pub unsafe fn is_code(obj: *mut ffi::PyObject) -> bool {
+    // SAFETY: reading the type of a valid object.
+    unsafe { ffi::Py_TYPE(obj) == ptr::addr_of_mut!(ffi::PyCode_Type) }
+}
+
+/// Reads a code object's fields.
+///
+/// # Safety
+/// Attached; `code` is a code object (see `is_code`); `layout_ok` comes from
+/// `check_layout` in this process.
+#[inline(always)]
+pub unsafe fn read(code: *mut ffi::PyObject, layout_ok: bool) -> CodeInfo {
+    // SAFETY: per the contract above. With a verified layout the fields are
+    // immutable after creation and owned by `code`, which outlives the event.
+    unsafe {
+        if layout_ok {
+            let head = code as *const CodeHead;
+            return CodeInfo {
+                name: utf8((*head).co_name),
+                file: utf8((*head).co_filename),
+                firstlineno: (*head).co_firstlineno,
+                holder: [ptr::null_mut(); 2],
+            };
+        }
+        read_slow(code)
+    }
+}
+
+unsafe fn getattr(obj: *mut ffi::PyObject, name: &CStr) -> *mut ffi::PyObject {
+    // SAFETY: attached; `obj` is valid; a failed lookup is cleared.
+    unsafe {
+        let v = ffi::PyObject_GetAttrString(obj, name.as_ptr());
+        if v.is_null() {
+            ffi::PyErr_Clear();
+        }
+        v
+    }
+}
+
+unsafe fn read_slow(code: *mut ffi::PyObject) -> CodeInfo {
+    // SAFETY: attached; `code` is valid. The strings are kept alive by `holder`.
+    unsafe {
+        let name = getattr(code, c"co_name");
+        let file = getattr(code, c"co_filename");
+        let line = getattr(code, c"co_firstlineno");
+        let mut firstlineno = 0;
+        if !line.is_null() {
+            firstlineno = ffi::PyLong_AsLong(line) as i32;
+            if firstlineno == -1 && !ffi::PyErr_Occurred().is_null() {
+                ffi::PyErr_Clear();
+                firstlineno = 0;
+            }
+            ffi::Py_DECREF(line);
+        }
+        CodeInfo {
+            name: utf8(name),
+            file: utf8(file),
+            firstlineno,
+            holder: [name, file],
+        }
+    }
+}
+
+/// Checks that `CodeHead` matches this interpreter's code objects, by
+/// comparing it with attribute lookup on two compiled code objects.
+///
+/// # Safety
+/// Attached to the interpreter.
+pub unsafe fn check_layout() -> bool {
+    // SAFETY: attached; every object is checked for null before use and
+    // released after.
+    unsafe {
+        let src = c"\n\n\ndef _pyusdt_layout_check():\n    pass\n";
+        let module = ffi::Py_CompileString(
+            src.as_ptr(),
+            c"<pyusdt layout check>".as_ptr(),
+            ffi::Py_file_input,
+        );
+        if module.is_null() {
+            ffi::PyErr_Clear();
+            return false;
+        }
+        let mut ok = matches_attrs(module, 1);
+        let consts = getattr(module, c"co_consts");
+        if !consts.is_null() {
+            let mut found = false;
+            if ffi::PyTuple_Check(consts) != 0 {
+                for i in 0..ffi::PyTuple_Size(consts) {
+                    let c = ffi::PyTuple_GetItem(consts, i);
+                    if !c.is_null() && is_code(c) {
+                        found = true;
+                        ok &= matches_attrs(c, 4);
+                    }
+                }
+            }
+            ok &= found;
+            ffi::Py_DECREF(consts);
+        } else {
+            ok = false;
+        }
+        ffi::Py_DECREF(module);
+        ok
+    }
+}
+
+unsafe fn matches_attrs(code: *mut ffi::PyObject, line: i32) -> bool {
+    // SAFETY: attached; `code` is a valid code object; the layout read is
+    // only trusted once every field agrees with attribute lookup.
+    unsafe {
+        if !is_code(code) {
+            return false;
+        }
+        let head = code as *const CodeHead;
+        let slow = read_slow(code);
+        let same = slow.holder[0] == (*head).co_name
+            && slow.holder[1] == (*head).co_filename
+            && slow.firstlineno == line
+            && (*head).co_firstlineno == line;
+        drop(slow);
+        same
+    }
+}

@@ -1,0 +1,204 @@
+//! Turning `sys.monitoring` on and off in the current interpreter: claim a
+//! free tool id, register the callbacks of the attached probes, enable just
+//! their events; on detach disable, unregister and free the id again, so no
+//! id is held while nobody traces (cProfile, coverage and debuggers need them).
+
+use std::ffi::CStr;
+use std::sync::atomic::Ordering;
+
+use pyo3::ffi;
+
+use crate::config;
+use crate::probes::{self, Probe};
+use crate::state::{State, NO_TOOL};
+
+/// Tool ids in the order we try them: first those no standard tool uses
+/// (3, 4), then OPTIMIZER_ID (5), which CPython does not use yet. The
+/// debugger, coverage and profiler ids (0, 1, 2) are never taken.
+const TOOL_PREFERENCE: [i32; 3] = [3, 4, 5];
+const TOOL_NAME: &CStr = c"pyusdt";
+
+/// An owned reference, released on drop (attached).
+struct Owned(*mut ffi::PyObject);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        // SAFETY: owned reference or null; dropped while attached.
+        unsafe { ffi::Py_XDECREF(self.0) };
+    }
+}
+
+/// `monitoring.<name>(*args)`, returning the result or `Err` with the
+/// Python error left set.
+unsafe fn call(
+    monitoring: *mut ffi::PyObject,
+    name: &CStr,
+    args: &[*mut ffi::PyObject],
+) -> Result<Owned, ()> {
+    // SAFETY: attached; `monitoring` and `args` are valid objects.
+    unsafe {
+        let f = Owned(ffi::PyObject_GetAttrString(monitoring, name.as_ptr()));
+        if f.0.is_null() {
+            return Err(());
+        }
+        let r = ffi::PyObject_Vectorcall(f.0, args.as_ptr(), args.len(), std::ptr::null_mut());
+        if r.is_null() {
+            Err(())
+        } else {
+            Ok(Owned(r))
+        }
+    }
+}
+
+unsafe fn long(v: i64) -> Owned {
+    // SAFETY: attached.
+    Owned(unsafe { ffi::PyLong_FromLongLong(v) })
+}
+
+/// Logs and clears the pending Python error.
+unsafe fn report(what: &str, interp_id: i64) {
+    // SAFETY: attached.
+    unsafe {
+        let exc = ffi::PyErr_GetRaisedException();
+        let mut text = String::from("?");
+        if !exc.is_null() {
+            let s = ffi::PyObject_Str(exc);
+            if !s.is_null() {
+                let p = ffi::PyUnicode_AsUTF8AndSize(s, std::ptr::null_mut());
+                if !p.is_null() {
+                    text = CStr::from_ptr(p).to_string_lossy().into_owned();
+                }
+                ffi::Py_DECREF(s);
+            }
+            ffi::PyErr_Clear();
+            ffi::Py_DECREF(exc);
+        }
+        config::log(|| format!("{what} failed in interpreter {interp_id}: {text}"));
+    }
+}
+
+/// Claims the first free tool id; `None` if all are taken.
+unsafe fn claim_tool(st: &State) -> Option<i32> {
+    // SAFETY: attached; objects are checked for null.
+    unsafe {
+        for id in TOOL_PREFERENCE {
+            let idobj = long(id as i64);
+            let Ok(holder) = call(st.monitoring, c"get_tool", &[idobj.0]) else {
+                ffi::PyErr_Clear();
+                continue;
+            };
+            if holder.0 != ffi::Py_None() {
+                continue;
+            }
+            let name = Owned(ffi::PyUnicode_FromString(TOOL_NAME.as_ptr()));
+            if call(st.monitoring, c"use_tool_id", &[idobj.0, name.0]).is_ok() {
+                return Some(id);
+            }
+            ffi::PyErr_Clear();
+        }
+        None
+    }
+}
+
+/// Makes the enabled events of this interpreter match `mask`.
+///
+/// # Safety
+/// Attached to `st`'s interpreter, and the caller is the only party toggling
+/// it (the watcher while registered, `atexit` after).
+pub unsafe fn apply(st: &State, mask: u32) {
+    let current = st.enabled.load(Ordering::Acquire);
+    if current == mask {
+        return;
+    }
+    // SAFETY: attached (the caller's contract).
+    unsafe {
+        // Keep a pending exception of the interrupted thread out of our calls.
+        let saved = ffi::PyErr_GetRaisedException();
+        apply_inner(st, current, mask);
+        ffi::PyErr_SetRaisedException(saved);
+    }
+}
+
+unsafe fn apply_inner(st: &State, current: u32, mask: u32) {
+    // SAFETY: attached (see `apply`).
+    unsafe {
+        let tool = match st.tool() {
+            Some(t) => t,
+            None if mask == 0 => return,
+            None => match claim_tool(st) {
+                Some(t) => {
+                    st.told_no_tool.store(false, Ordering::Relaxed);
+                    st.tool_id.store(t, Ordering::Release);
+                    t
+                }
+                None => {
+                    if !st.told_no_tool.swap(true, Ordering::Relaxed) {
+                        config::log(|| {
+                            format!(
+                                "no free sys.monitoring tool id (3, 4, 5) in interpreter {}; \
+                                 staying inert until one is free",
+                                st.interp_id
+                            )
+                        });
+                    }
+                    return;
+                }
+            },
+        };
+        let tool_obj = long(tool as i64);
+        // Register before enabling, so no event fires without its callback.
+        for p in Probe::ALL {
+            if mask & p.bit() != 0 && current & p.bit() == 0 {
+                let ev = long(st.event_bits[p as usize]);
+                if call(
+                    st.monitoring,
+                    c"register_callback",
+                    &[tool_obj.0, ev.0, st.callback(p)],
+                )
+                .is_err()
+                {
+                    report("register_callback", st.interp_id);
+                }
+            }
+        }
+        let events: i64 = Probe::ALL
+            .iter()
+            .filter(|p| mask & p.bit() != 0)
+            .map(|p| st.event_bits[*p as usize])
+            .sum();
+        let ev = long(events);
+        if call(st.monitoring, c"set_events", &[tool_obj.0, ev.0]).is_err() {
+            report("set_events", st.interp_id);
+        }
+        for p in Probe::ALL {
+            if mask & p.bit() == 0 && current & p.bit() != 0 {
+                let ev = long(st.event_bits[p as usize]);
+                if call(
+                    st.monitoring,
+                    c"register_callback",
+                    &[tool_obj.0, ev.0, ffi::Py_None()],
+                )
+                .is_err()
+                {
+                    report("register_callback", st.interp_id);
+                }
+            }
+        }
+        st.enabled.store(mask, Ordering::Release);
+        if mask == 0 {
+            if call(st.monitoring, c"free_tool_id", &[tool_obj.0]).is_err() {
+                report("free_tool_id", st.interp_id);
+            }
+            st.tool_id.store(NO_TOOL, Ordering::Release);
+            config::log(|| format!("disabled (interpreter {})", st.interp_id));
+        } else {
+            config::log(|| {
+                format!(
+                    "enabled {} (interpreter {}, tool id {tool})",
+                    probes::names(mask).join(", "),
+                    st.interp_id
+                )
+            });
+        }
+    }
+}

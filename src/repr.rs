@@ -1,0 +1,139 @@
+//! Bounded, never-raising `repr()` of a returned/yielded value or a callable,
+//! for the probes: per-thread scratch and a per-thread re-entrancy guard.
+//!
+//! A repr that fits in `REPR_MAX` bytes is passed as the `str`'s own UTF-8
+//! buffer (no copy); a longer one is cut at a character boundary into the
+//! thread's scratch buffer. When `repr()` raises an `Exception`, the event
+//! still fires with `<repr failed: TypeName>` and the exception is cleared,
+//! so the traced program never sees it. A `BaseException` that is not an
+//! `Exception` (KeyboardInterrupt from a signal handler, SystemExit) is left
+//! set for the caller to propagate: swallowing it would lose a Ctrl-C.
+//! Python code that runs inside our `repr()` call raises events of its own;
+//! those fire with `<re-entrant repr>` instead of calling `repr()` again.
+
+use std::cell::{Cell, RefCell};
+use std::ffi::c_char;
+
+use pyo3::ffi;
+use thread_local::ThreadLocal;
+
+use crate::config::REPR_MAX;
+
+/// Per-thread state of one interpreter (threads can switch interpreters, so
+/// it is kept per interpreter, not in a `thread_local!`).
+#[derive(Default)]
+pub struct Scratch {
+    in_repr: Cell<bool>,
+    buf: RefCell<Vec<u8>>,
+}
+
+pub type PerThread = ThreadLocal<Scratch>;
+
+/// A repr ready for a probe: `ptr()` stays valid while this lives.
+pub enum Repr<'a> {
+    /// Owned `str`; its UTF-8 is NUL-terminated and short enough.
+    Str(*mut ffi::PyObject, *const c_char),
+    /// Bytes in the thread's scratch buffer (NUL-terminated).
+    Scratch(std::cell::Ref<'a, Vec<u8>>),
+}
+
+impl Repr<'_> {
+    pub fn ptr(&self) -> *const c_char {
+        match self {
+            Repr::Str(_, p) => *p,
+            Repr::Scratch(b) => b.as_ptr().cast(),
+        }
+    }
+}
+
+impl Drop for Repr<'_> {
+    fn drop(&mut self) {
+        if let Repr::Str(obj, _) = self {
+            // SAFETY: an owned reference, dropped inside the callback while attached.
+            unsafe { ffi::Py_DECREF(*obj) };
+        }
+    }
+}
+
+fn write_scratch<'a>(s: &'a Scratch, parts: &[&[u8]]) -> Repr<'a> {
+    {
+        let mut buf = s.buf.borrow_mut();
+        buf.clear();
+        for p in parts {
+            buf.extend_from_slice(p);
+        }
+        buf.push(0);
+    }
+    Repr::Scratch(s.buf.borrow())
+}
+
+/// Cuts `bytes` (valid UTF-8) to fit `REPR_MAX` with "..." and a NUL.
+fn truncated<'a>(s: &'a Scratch, bytes: &[u8]) -> Repr<'a> {
+    let mut end = REPR_MAX - 4;
+    // Step back to a character boundary (continuation bytes are 0b10xxxxxx).
+    while end > 0 && (bytes[end] & 0xC0) == 0x80 {
+        end -= 1;
+    }
+    write_scratch(s, &[&bytes[..end], b"..."])
+}
+
+/// `repr(obj)` for a probe, or `None` when a non-`Exception` is raised and
+/// must propagate (it is left set).
+///
+/// # Safety
+/// Attached to the interpreter that owns `scratch`; `obj` is valid.
+pub unsafe fn bounded<'a>(scratch: &'a PerThread, obj: *mut ffi::PyObject) -> Option<Repr<'a>> {
+    let s = scratch.get_or_default();
+    if s.in_repr.get() {
+        return Some(write_scratch(s, &[b"<re-entrant repr>"]));
+    }
+    s.in_repr.set(true);
+    // SAFETY: attached, `obj` valid (the caller's contract).
+    let r = unsafe { ffi::PyObject_Repr(obj) };
+    s.in_repr.set(false);
+    // SAFETY: attached; `r` is an owned str or null with an error set.
+    unsafe {
+        if r.is_null() {
+            return failed(s);
+        }
+        let mut len: ffi::Py_ssize_t = 0;
+        let p = ffi::PyUnicode_AsUTF8AndSize(r, &mut len);
+        if p.is_null() {
+            ffi::Py_DECREF(r);
+            return failed(s);
+        }
+        let len = len as usize;
+        if len < REPR_MAX {
+            return Some(Repr::Str(r, p));
+        }
+        let out = truncated(s, std::slice::from_raw_parts(p.cast::<u8>(), len));
+        ffi::Py_DECREF(r);
+        Some(out)
+    }
+}
+
+/// The placeholder for a repr that raised; clears an `Exception`, keeps
+/// anything else set and returns `None`.
+unsafe fn failed(s: &Scratch) -> Option<Repr<'_>> {
+    // SAFETY: attached with an error set.
+    unsafe {
+        let exc = ffi::PyErr_GetRaisedException();
+        if exc.is_null() {
+            return Some(write_scratch(s, &[b"<repr failed>"]));
+        }
+        if ffi::PyErr_GivenExceptionMatches(exc, ffi::PyExc_Exception) == 0 {
+            ffi::PyErr_SetRaisedException(exc);
+            return None;
+        }
+        let ty = ffi::Py_TYPE(exc);
+        let full = std::ffi::CStr::from_ptr((*ty).tp_name).to_bytes();
+        let short = match full.iter().rposition(|&b| b == b'.') {
+            Some(i) => &full[i + 1..],
+            None => full,
+        };
+        let short: Vec<u8> = short.iter().copied().take(64).collect();
+        let out = write_scratch(s, &[b"<repr failed: ", &short, b">"]);
+        ffi::Py_DECREF(exc);
+        Some(out)
+    }
+}
