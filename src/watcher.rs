@@ -337,9 +337,14 @@ extern "C" fn add_main_hook(_arg: *mut c_void) -> c_int {
 
 // ---- fork: stop before, restart after (hooks registered in module.rs) ----
 
+/// The native locks held across a fork by the forking thread.
+type ForkGuards = (
+    MutexGuard<'static, Control>,
+    MutexGuard<'static, Vec<Arc<Entry>>>,
+);
+
 thread_local! {
-    static FORK_GUARDS: RefCell<Option<(MutexGuard<'static, Control>, MutexGuard<'static, Vec<Arc<Entry>>>)>> =
-        const { RefCell::new(None) };
+    static FORK_GUARDS: RefCell<Option<ForkGuards>> = const { RefCell::new(None) };
 }
 static RESTART_AFTER_FORK: AtomicBool = AtomicBool::new(false);
 
