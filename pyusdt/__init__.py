@@ -7,11 +7,18 @@ monitoring callbacks live in the Rust extension `pyusdt.libpyusdt`.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 
 from pyusdt import libpyusdt
 from pyusdt.libpyusdt import __version__, attached_probes, status
 
-__all__ = ["__version__", "attached_probes", "lib_path", "status", "wait_for_tracer"]
+__all__ = ["PROBES", "__version__", "attached_probes", "lib_path", "status", "wait_for_tracer"]
+
+#: The probes of provider `pyusdt`, in order.
+PROBES = ("PY_START", "PY_RESUME", "PY_RETURN", "PY_YIELD", "CALL", "LINE")
+# How long the attached set must stay unchanged before `wait_for_tracer`
+# without explicit probes considers the tracer fully attached.
+_SETTLE = 0.05
 
 
 def lib_path() -> str:
@@ -19,15 +26,32 @@ def lib_path() -> str:
     return libpyusdt.__file__
 
 
-def wait_for_tracer(timeout: float) -> bool:
+def wait_for_tracer(timeout: float, probes: Iterable[str] | None = None) -> bool:
     """Block until a tracer is attached and its events are enabled in this interpreter.
 
-    Returns True once events are enabled, False if `timeout` seconds pass first.
+    With `probes` (names such as "PY_START"), wait until all of them are enabled;
+    without, until at least one is and the set of attached probes has stopped
+    changing (a tracer attaches its probes one after another). Returns True once
+    that holds, False if `timeout` seconds pass first.
     """
+    wanted = {p.upper() for p in probes} if probes is not None else None
+    if wanted is not None and not wanted <= set(PROBES):
+        raise ValueError(f"unknown probe name(s): {sorted(wanted - set(PROBES))}")
     deadline = time.monotonic() + timeout
+    stable_since = None
+    last: list[str] = []
     while True:
-        if status()["enabled"]:
-            return True
+        st = status()
+        enabled = set(st["enabled"])
+        if wanted is not None:
+            if wanted <= enabled:
+                return True
+        elif enabled:
+            now = time.monotonic()
+            if st["attached"] != last or enabled != set(st["attached"]):
+                last, stable_since = st["attached"], now
+            elif now - stable_since >= _SETTLE:
+                return True
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return False
