@@ -3,6 +3,7 @@
 from typing import TypedDict
 
 __version__: str
+REPR_MAX: int  # default maximum bytes of a value repr passed to probes
 
 class Status(TypedDict):  # stub-only: for annotations under TYPE_CHECKING
     """What `status()` reports about this interpreter's probes."""
