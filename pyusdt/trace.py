@@ -56,6 +56,27 @@ _PROBE_LIB_RE = re.compile(
 )
 
 
+# The target runs `python -m pyusdt ARGS`, except that pyusdt is loaded from this very
+# package rather than looked up on sys.path: with `-m`, a `pyusdt/` directory in the
+# current directory (a source checkout, say) would shadow the installed one.
+_BOOTSTRAP = f"""\
+import importlib.util, os, sys
+if not sys.flags.safe_path:
+    del sys.path[0]
+_spec = importlib.util.spec_from_file_location(
+    "pyusdt", {os.path.join(os.path.dirname(os.path.abspath(__file__)), "__init__.py")!r}
+)
+_pyusdt = importlib.util.module_from_spec(_spec)
+sys.modules["pyusdt"] = _pyusdt
+_spec.loader.exec_module(_pyusdt)
+import pyusdt.__main__ as _main
+if not sys.flags.safe_path:
+    sys.path.insert(0, os.getcwd())
+sys.argv[0] = _main.__file__
+_main.main()
+"""
+
+
 class UsageError(Exception):
     pass
 
@@ -232,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
 
-    cmd = [sys.executable, "-m", "pyusdt", f"--wait={wait:g}", *python_args]
+    cmd = [sys.executable, "-c", _BOOTSTRAP, f"--wait={wait:g}", *python_args]
     child = subprocess.Popen(cmd)
     tmpdir = None
     try:
