@@ -101,11 +101,13 @@ def run_traced(
     timeout: float = 120,
     python: str = sys.executable,
     cwd: str | Path | None = None,
+    bt_env: dict[str, str] | None = None,
 ) -> Traced:
     """Runs `script` in a fresh `python` with bpftrace attached from its first line.
 
     `program` is a bpftrace program whose probes say `usdt:PYUSDT:pyusdt:NAME`;
     `probes` are the probe names the target waits for before running `script`.
+    `bt_env` adds variables to bpftrace's environment (e.g. BPFTRACE_STRLEN).
     """
     need_bpftrace()
     assert BPFTRACE is not None
@@ -122,6 +124,7 @@ def run_traced(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, **(bt_env or {})},
     )
     try:
         out, err = target.communicate(timeout=timeout)
