@@ -19,13 +19,14 @@ import os
 import runpy
 import sys
 import types
+from collections.abc import Callable
 
 import pyusdt
 
 _PROG = "python -m pyusdt"
 _DEFAULT_WAIT = 10.0
 _USAGE = (
-    f"usage: {_PROG} [--wait[=SECONDS]] [--help] [--version] [--lib]"
+    f"usage: {_PROG} [--wait[=SECONDS] [--probes=NAMES]] [--help] [--version] [--lib]"
     " (script.py | dir | app.zip | -m module | -c code | -) [args...]"
 )
 _HELP = f"""{_USAGE}
@@ -43,6 +44,9 @@ targets (everything from the target on is passed to the program):
 options (must come before the target):
   --wait[=SECONDS]  before running the target, wait until a tracer has attached and
                     events are enabled (default {_DEFAULT_WAIT:g} s); on timeout, run anyway
+  --probes=NAMES    with --wait: wait until these probes (comma-separated, e.g.
+                    PY_START,CALL) are all enabled, rather than until the tracer's set
+                    of attached probes stops changing
   --lib             print the path of the library holding the probes (for usdt:PATH:...)
   --version         print the pyusdt version
   -h, --help        show this help
@@ -63,9 +67,10 @@ def _usage_error(message: str | None = None) -> None:
     sys.exit(2)
 
 
-def _parse(argv: list[str]) -> tuple[float | None, str, str, list[str]]:
-    """Return (wait, kind, target, args); kind is 'script', 'module', 'code' or 'stdin'."""
+def _parse(argv: list[str]) -> tuple[float | None, list[str] | None, str, str, list[str]]:
+    """Return (wait, probes, kind, target, args); kind: 'script', 'module', 'code', 'stdin'."""
     wait: float | None = None
+    probes: list[str] | None = None
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -87,6 +92,11 @@ def _parse(argv: list[str]) -> tuple[float | None, str, str, list[str]]:
                 wait = -1.0
             if not wait >= 0 or wait == float("inf"):
                 _usage_error(f"invalid --wait value: {arg[len('--wait=') :]!r}")
+        elif arg.startswith("--probes="):
+            probes = [p.strip().upper() for p in arg[len("--probes=") :].split(",") if p.strip()]
+            unknown = sorted(set(probes) - set(pyusdt.PROBES))
+            if unknown or not probes:
+                _usage_error(f"invalid --probes value: {arg[len('--probes=') :]!r}")
         elif arg in ("-m", "-c") or (arg[:2] in ("-m", "-c") and not arg.startswith("--")):
             # Like python: `-m mod`, `-mmod`, `-c code`, `-ccode`.
             value = arg[2:] if len(arg) > 2 else None
@@ -95,19 +105,19 @@ def _parse(argv: list[str]) -> tuple[float | None, str, str, list[str]]:
                     _usage_error(f"argument expected for the {arg} option")
                 i += 1
                 value = argv[i]
-            return wait, ("module" if arg[1] == "m" else "code"), value, argv[i + 1 :]
+            return wait, probes, ("module" if arg[1] == "m" else "code"), value, argv[i + 1 :]
         elif arg == "-":
-            return wait, "stdin", arg, argv[i + 1 :]
+            return wait, probes, "stdin", arg, argv[i + 1 :]
         elif arg == "--":
             if i + 1 >= len(argv):
                 _usage_error()
             i += 1
             kind = "stdin" if argv[i] == "-" else "script"
-            return wait, kind, argv[i], argv[i + 1 :]
+            return wait, probes, kind, argv[i], argv[i + 1 :]
         elif arg.startswith("-"):
             _usage_error(f"unknown option: {arg}")
         else:
-            return wait, "script", arg, argv[i + 1 :]
+            return wait, probes, "script", arg, argv[i + 1 :]
         i += 1
     _usage_error()
     raise AssertionError("unreachable")
@@ -160,19 +170,20 @@ def _fresh_main(**attrs: object) -> dict:
     return main.__dict__
 
 
-def _wait_for_tracer(wait: float | None) -> None:
-    if wait is not None and not pyusdt.wait_for_tracer(wait):
+def _wait_for_tracer(wait: float | None, probes: list[str] | None) -> None:
+    if wait is not None and not pyusdt.wait_for_tracer(wait, probes):
         sys.stderr.write(f"pyusdt: no tracer attached after {wait:g} s; running anyway\n")
         sys.stderr.flush()
 
 
-def _run(wait: float | None, kind: str, target: str, args: list[str]) -> None:
+def _run(wait: Callable[[], None], kind: str, target: str, args: list[str]) -> None:
+    """Run the target; `wait()` is called once it is ready to start."""
     if kind == "module":
         # While the module is being located, python shows '-m' as argv[0]; runpy then
         # replaces it with the module's file, exactly as for `python -m`.
         sys.argv[:] = ["-m", *args]
         _fresh_main()
-        _wait_for_tracer(wait)
+        wait()
         runpy._run_module_as_main(target, alter_argv=True)
         return
 
@@ -185,7 +196,7 @@ def _run(wait: float | None, kind: str, target: str, args: list[str]) -> None:
             # 3.13+ registers the -c source so tracebacks can show its lines.
             lines = [line + "\n" for line in target.splitlines()]
             linecache.cache["<string>"] = (len(target), None, lines, "<string>")
-        _wait_for_tracer(wait)
+        wait()
         exec(code, globs)
         return
 
@@ -194,7 +205,7 @@ def _run(wait: float | None, kind: str, target: str, args: list[str]) -> None:
         _set_path0("")
         globs = _fresh_main(__file__="<stdin>", __cached__=None)
         code = compile(sys.stdin.buffer.read(), "<stdin>", "exec", dont_inherit=True)
-        _wait_for_tracer(wait)
+        wait()
         exec(code, globs)
         return
 
@@ -208,7 +219,7 @@ def _run(wait: float | None, kind: str, target: str, args: list[str]) -> None:
         else:
             sys.path[0] = filename
         _fresh_main()
-        _wait_for_tracer(wait)
+        wait()
         runpy._run_module_as_main("__main__", alter_argv=False)
         return
 
@@ -232,7 +243,7 @@ def _run(wait: float | None, kind: str, target: str, args: list[str]) -> None:
         loader = importlib.machinery.SourceFileLoader("__main__", filename)
         globs = _fresh_main(__file__=filename, __cached__=None, __loader__=loader)
         code = compile(source, filename, "exec", dont_inherit=True)
-    _wait_for_tracer(wait)
+    wait()
     exec(code, globs)
 
 
@@ -260,10 +271,10 @@ def _report_via_interpreter(exc: BaseException) -> None:
 
 
 def main() -> None:
-    wait, kind, target, args = _parse(sys.argv[1:])
+    wait, probes, kind, target, args = _parse(sys.argv[1:])
     own_main = sys.modules["__main__"]  # keep this module alive while the target runs
     try:
-        _run(wait, kind, target, args)
+        _run(lambda: _wait_for_tracer(wait, probes), kind, target, args)
     except SystemExit:
         raise
     except BaseException as exc:

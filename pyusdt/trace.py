@@ -93,6 +93,21 @@ def rewrite_program(text: str, lib: str) -> str:
     return _PROBE_LIB_RE.sub(lambda m: f"{m.group(1) or m.group(2)}:{lib}", text)
 
 
+_PROBES = ("PY_START", "PY_RESUME", "PY_RETURN", "PY_YIELD", "CALL", "LINE")
+
+
+def probes_used(program: str) -> list[str] | None:
+    """The pyusdt probe names a (rewritten) program attaches to, or None if not plain names.
+
+    With the names, the target starts as soon as exactly these are enabled; without
+    (wildcards, say), it waits until the tracer's set of attached probes stops changing.
+    """
+    names = re.findall(r":pyusdt:([^\s,{/:]*)", program)
+    if not names or any(name not in _PROBES for name in names):
+        return None
+    return sorted(set(names), key=_PROBES.index)
+
+
 def parse_args(argv: list[str]) -> tuple[str, str | None, str | None, float, list[str]]:
     """Return (bpftrace, script_path, program_text, wait, python_args)."""
     bpftrace = "bpftrace"
@@ -253,8 +268,10 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
 
-    cmd = [sys.executable, "-c", _BOOTSTRAP, f"--wait={wait:g}", *python_args]
-    child = subprocess.Popen(cmd)
+    # Which probes to wait for can be known before the library's path is.
+    probes = probes_used(rewrite_program(program, "/libpyusdt.so"))
+    options = [f"--wait={wait:g}"] + ([f"--probes={','.join(probes)}"] if probes else [])
+    child = subprocess.Popen([sys.executable, "-c", _BOOTSTRAP, *options, *python_args])
     tmpdir = None
     try:
         lib = _wait_for_lib(child, timeout=max(wait, 5.0))

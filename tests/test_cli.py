@@ -341,3 +341,11 @@ def test_bad_wait_value(tmp):
 def test_no_noise(tmp):
     r = pyusdt(["-c", "pass"], tmp)
     assert (r.stdout, r.stderr, r.returncode) == ("", "", 0)
+
+
+def test_wait_for_named_probes(tmp):
+    r = pyusdt(["--wait=0.2", "--probes=py_start,CALL", "-c", "print('ran')"], tmp)
+    assert (r.stdout, r.returncode) == ("ran\n", 0)
+    assert r.stderr == "pyusdt: no tracer attached after 0.2 s; running anyway\n"
+    r = pyusdt(["--wait=0.2", "--probes=NOPE", "-c", "print('ran')"], tmp)
+    assert r.returncode == 2 and r.stdout == "" and "--probes" in r.stderr
