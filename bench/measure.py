@@ -1,0 +1,206 @@
+"""One measurement each: run a target untraced or under bpftrace and return what it saw.
+
+Every target runs in a fresh process with PYUSDT_* removed from its environment (so
+the poll interval is the default 100 ms) and PYTHONHASHSEED=0. bpftrace programs count
+hits with `@NAME = count()`: the same action as in the uprobe-cost loop, so the floor
+model charges exactly what bpftrace itself costs per hit.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from envs import Python
+
+HERE = Path(__file__).resolve().parent
+WORKLOAD = str(HERE / "workload.py")
+LATENCY_TARGET = str(HERE / "latency_target.py")
+BPFTRACE = shutil.which("bpftrace")
+PROBES = ("PY_START", "PY_RESUME", "PY_RETURN", "PY_YIELD", "CALL", "LINE")
+# sys.monitoring.events bits of the probes' events (the same in 3.12 .. 3.14).
+EVENT_BIT = {"PY_START": 1, "PY_RESUME": 2, "PY_RETURN": 4, "PY_YIELD": 8, "CALL": 16, "LINE": 32}
+PROBE_SETS = {"start": ("PY_START",), "all": PROBES}
+
+
+class MeasureError(Exception):
+    """A run that produced no measurement (the message has the target's output)."""
+
+
+def target_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYUSDT_")}
+    env["PYTHONHASHSEED"] = "0"
+    return env
+
+
+def _bench_time(out: str, err: str, what: str) -> float:
+    m = re.search(r"^BENCH_TIME (\S+)$", out, re.M)
+    if not m:
+        raise MeasureError(f"{what}: no BENCH_TIME\nstdout: {out[-800:]}\nstderr: {err[-800:]}")
+    return float(m.group(1))
+
+
+def untraced(py: Python, work: list[str], via_pyusdt: bool) -> dict:
+    """`python workload.py ...` (or `python -m pyusdt workload.py ...`), no tracer."""
+    cmd = [py.exe, *(["-m", "pyusdt"] if via_pyusdt else []), WORKLOAD, *work]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, env=target_env(), timeout=600, check=False
+    )
+    if proc.returncode != 0:
+        raise MeasureError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr[-800:]}")
+    return {"time": _bench_time(proc.stdout, proc.stderr, " ".join(cmd))}
+
+
+def _counts(bt_out: str) -> dict[str, int]:
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^@(\w+): (\d+)$", bt_out, re.M)}
+
+
+def _attach(target: subprocess.Popen, program: str, timeout: float) -> tuple[str, str, str]:
+    """Attaches `bpftrace -p` to `target`, waits for both; returns (target stdout,
+    target stderr, bpftrace stdout). bpftrace exits by itself when the target does."""
+    assert BPFTRACE is not None
+    bt = subprocess.Popen(
+        [BPFTRACE, "-p", str(target.pid), "-e", program],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + timeout
+    try:
+        while target.poll() is None:
+            if bt.poll() is not None:
+                raise MeasureError(f"bpftrace exited early ({bt.returncode}): {bt.stderr.read()}")
+            if time.monotonic() > deadline:
+                raise MeasureError(f"target still running after {timeout:.0f} s")
+            time.sleep(0.01)
+        out, err = target.communicate()
+        try:
+            bt_out, bt_err = bt.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            bt.send_signal(signal.SIGINT)
+            bt_out, bt_err = bt.communicate(timeout=30)
+    except BaseException:
+        for p in (target, bt):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        raise
+    if target.returncode != 0:
+        raise MeasureError(f"target exited {target.returncode}: {err[-800:]}\nbpftrace: {bt_err}")
+    return out, err, bt_out
+
+
+def count_program(lib: str, provider: str, probes: tuple[str, ...]) -> str:
+    return " ".join(f"usdt:{lib}:{provider}:{p} {{ @{p} = count(); }}" for p in probes)
+
+
+def traced(py: Python, work: list[str], probe_set: str, timeout: float = 600) -> dict:
+    """`python -m pyusdt workload.py ...` with bpftrace counting the hits of
+    `probe_set`'s probes; the workload starts once their events are enabled."""
+    probes = PROBE_SETS[probe_set]
+    mask = sum(EVENT_BIT[p] for p in probes)
+    cmd = [py.exe, "-m", "pyusdt", WORKLOAD, *work, "--wait-events", hex(mask)]
+    target = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=target_env()
+    )
+    out, err, bt_out = _attach(target, count_program(py.lib, "pyusdt", probes), timeout)
+    counts = _counts(bt_out)
+    missing = [p for p in probes if p not in counts]
+    if missing:
+        raise MeasureError(f"bpftrace printed no count for {missing}: {bt_out[-500:]}")
+    return {
+        "time": _bench_time(out, err, " ".join(cmd)),
+        "hits": sum(counts.values()),
+        "counts": counts,
+    }
+
+
+def sdt_loop(binary: str, n: int, trace: bool) -> dict:
+    """The C reference loop: N semaphore-guarded probe sites, untraced or traced."""
+    cmd = [binary, str(n), *(["--wait"] if trace else [])]
+    target = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    hits = 0
+    if trace:
+        out, err, bt_out = _attach(target, count_program(binary, "bench", ("tick",)), 300)
+        hits = _counts(bt_out).get("tick", 0)
+    else:
+        out, err = target.communicate(timeout=300)
+    m = re.search(r"^LOOP_NS (\d+) (\d+)$", out, re.M)
+    if target.returncode != 0 or not m:
+        raise MeasureError(f"sdt_loop failed ({target.returncode}): {out} {err}")
+    return {"ns": int(m.group(1)), "n": int(m.group(2)), "hits": hits}
+
+
+LATENCY_PROGRAM = (
+    'BEGIN { printf("T0 %llu\\n", nsecs); } '
+    "usdt:{lib}:pyusdt:PY_START /@seen == 0/ "
+    '{ @seen = 1; printf("T1 %llu\\n", nsecs); exit(); }'
+)
+
+
+def latency(py: Python, timeout: float = 30) -> dict:
+    """Milliseconds from bpftrace's BEGIN (all probes attached) to the first PY_START,
+    for a target that is already running and calls a function every ~1 ms."""
+    assert BPFTRACE is not None
+    target = subprocess.Popen(
+        [py.exe, "-m", "pyusdt", LATENCY_TARGET, str(timeout)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=target_env(),
+    )
+    try:
+        assert target.stdout is not None
+        line = target.stdout.readline()
+        if line.strip() != "READY":
+            raise MeasureError(f"latency target did not start: {line!r} {target.stderr.read()}")
+        bt = subprocess.run(
+            [BPFTRACE, "-p", str(target.pid), "-e", LATENCY_PROGRAM.replace("{lib}", py.lib)],
+            capture_output=True,
+            text=True,
+            timeout=timeout + 30,
+            check=False,
+        )
+    finally:
+        target.kill()
+        target.communicate()
+    t0 = re.search(r"^T0 (\d+)$", bt.stdout, re.M)
+    t1 = re.search(r"^T1 (\d+)$", bt.stdout, re.M)
+    if not (t0 and t1):
+        raise MeasureError(f"no first event within {timeout} s: {bt.stdout} {bt.stderr}")
+    return {"ms": (int(t1.group(1)) - int(t0.group(1))) / 1e6}
+
+
+RSS_CODE = """\
+import time
+def rss():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+before = rss()
+import {module}
+time.sleep(0.1)  # let the watcher thread start and settle
+print("RSS_KB", rss() - before)
+"""
+
+
+def rss_added(py: Python, module: str) -> dict:
+    """KiB of VmRSS added by `import module` (then 0.1 s for its threads to start)."""
+    proc = subprocess.run(
+        [py.exe, "-c", RSS_CODE.replace("{module}", module)],
+        capture_output=True,
+        text=True,
+        env=target_env(),
+        timeout=60,
+        check=False,
+    )
+    m = re.search(r"^RSS_KB (-?\d+)$", proc.stdout, re.M)
+    if not m:
+        raise MeasureError(f"rss probe failed: {proc.stdout} {proc.stderr[-500:]}")
+    return {"kib": int(m.group(1))}

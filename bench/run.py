@@ -1,0 +1,535 @@
+"""pyusdt performance benchmark (issue 4): `python bench/run.py [--runs N] [--json PATH] [--quick]`.
+
+Prints a table of figures, each with its target and whether this run met it, and writes
+them with every raw sample to JSON (default bench-results.json in the cwd). Every figure
+is a ratio or a median of measurements taken side by side: all variants run once per
+run, in a shuffled order, so that machine drift hits them alike; ratios are taken within
+a run and their median over the runs is reported.
+
+Figures (per Python version; 3.12, plus 3.13 when `matrix/provision --list` has it):
+  1 untraced overhead   in-process time under `python -m pyusdt` / plain `python`
+  2 traced vs floor     traced time / (plain time + probe hits x uprobe cost); the hits
+                        are bpftrace's count(), the uprobe cost per hit comes from
+                        bench/sdt_loop.c traced vs untraced with the same action
+  3 ours vs original    traced time, ours / pyusdt 0.1.1 (cp312 wheel; sdist elsewhere)
+  4 attach latency      bpftrace BEGIN -> first PY_START, default 100 ms poll (p50, max)
+  5 3.13t scaling       traced throughput of 2 threads / 1 thread (same work per thread)
+  6 import RSS          VmRSS added by `import pyusdt`
+Needs root and bpftrace for 2-5 (they are skipped with a note otherwise). A benchmark,
+not a test: it never fails on a missed target; it exits non-zero only when it could
+not measure at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import envs  # noqa: E402
+import measure  # noqa: E402
+from envs import EnvError, Python, log  # noqa: E402
+from measure import MeasureError  # noqa: E402
+
+# Workload sizes: "large" for the untraced overhead (long enough for 2 % to show),
+# "small" for traced runs (every event costs a uprobe trap).
+SIZES = {
+    "full": {
+        "large": {"fib": 30, "json": 150},
+        "small": {"fib": 22, "json": 5},
+        "threads": 21,
+        "sdt_n": 500_000,
+        "latency_trials": 10,
+    },
+    "quick": {
+        "large": {"fib": 25, "json": 20},
+        "small": {"fib": 17, "json": 1},
+        "threads": 17,
+        "sdt_n": 100_000,
+        "latency_trials": 3,
+    },
+}
+
+TARGETS = {
+    "untraced": (1.02, "<="),
+    "floor/start": (1.30, "<="),
+    "floor/all": (1.50, "<="),
+    "vs_orig/start": (0.55, "<="),
+    "vs_orig/all": (0.60, "<="),
+    "latency_max_ms": (100.0, "<="),
+    "threads": (1.8, ">="),
+    "rss_mib": (2.0, "<="),
+}
+
+
+def met(value: float | None, target_key: str) -> bool | None:
+    if value is None:
+        return None
+    target, op = TARGETS[target_key]
+    return value <= target if op == "<=" else value >= target
+
+
+def median(xs: list[float]) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.size = SIZES["quick" if args.quick else "full"]
+        self.runs = 1 if args.quick and args.runs is None else (args.runs or 5)
+        self.notes: list[str] = []
+        self.errors: list[str] = []
+        self.jobs: dict[str, object] = {}  # key -> callable returning a sample dict
+        self.samples: dict[str, list[dict | None]] = defaultdict(list)
+        self.latency: dict[str, list[float]] = {}
+        self.figures: list[dict] = []
+        self.pythons: dict[str, dict[str, Python | None]] = {}
+        self.sdt_binary: str | None = None
+
+    # -- setup -------------------------------------------------------------------------
+    def note(self, msg: str) -> None:
+        log(msg)
+        self.notes.append(msg)
+
+    def can_trace(self) -> str | None:
+        if measure.BPFTRACE is None:
+            return "bpftrace is not installed"
+        if os.geteuid() != 0:
+            return "bpftrace needs root"
+        return None
+
+    def prepare(self) -> None:
+        found = envs.provisioned()
+        here = f"{sys.version_info.major}.{sys.version_info.minor}"
+        if here == "3.12" and "3.12" not in found:
+            found["3.12"] = getattr(sys, "_base_executable", sys.executable)
+        wanted = self.args.versions or ["3.12", "3.13", "3.13t"]
+        for version in wanted:
+            if version not in found:
+                self.note(f"{version}: not provisioned (matrix/provision --list); skipped")
+                continue
+            base = found[version]
+            entry: dict[str, Python | None] = {"ours": None, "orig": None}
+            try:
+                entry["ours"] = envs.ours(version, base)
+            except EnvError as exc:
+                self.note(f"{version}: cannot build our pyusdt, skipped: {exc}")
+                continue
+            if not version.endswith("t") and not self.args.no_orig:
+                try:
+                    entry["orig"] = envs.original(version, base)
+                except EnvError as exc:
+                    first = str(exc).splitlines()[0]
+                    self.note(
+                        f"{version}: original pyusdt {envs.ORIG_VERSION} unavailable: {first}"
+                    )
+            self.pythons[version] = entry
+        self.trace_problem = self.can_trace()
+        if self.trace_problem:
+            self.note(f"traced figures (2-5) skipped: {self.trace_problem}")
+        else:
+            try:
+                self.sdt_binary, how = envs.build_sdt_loop()
+                self.note(f"uprobe reference: bench/sdt_loop.c with {how}")
+            except EnvError as exc:
+                self.note(f"floor figures skipped: {exc}")
+
+    def add_jobs(self) -> None:
+        large, small = self.size["large"], self.size["small"]
+        for version, py in self.pythons.items():
+            ours, orig = py["ours"], py["orig"]
+            assert ours is not None
+            if version.endswith("t"):
+                if not self.trace_problem:
+                    n = str(self.size["threads"])
+                    for t in ("1", "2"):
+                        w = ["fib", n, "--threads", t]
+                        self.jobs[f"{version}/threads/untraced/{t}"] = lambda o=ours, w=w: (
+                            measure.untraced(o, w, True)
+                        )
+                        for ps in ("start", "all"):
+                            self.jobs[f"{version}/threads/{ps}/{t}"] = lambda o=ours, w=w, ps=ps: (
+                                measure.traced(o, w, ps)
+                            )
+                continue
+            for work in ("fib", "json"):
+                wl = [work, str(large[work])]
+                ws = [work, str(small[work])]
+                self.jobs[f"{version}/plain/large/{work}"] = lambda o=ours, w=wl: measure.untraced(
+                    o, w, False
+                )
+                self.jobs[f"{version}/pyusdt/large/{work}"] = lambda o=ours, w=wl: measure.untraced(
+                    o, w, True
+                )
+                if self.trace_problem:
+                    continue
+                self.jobs[f"{version}/plain/small/{work}"] = lambda o=ours, w=ws: measure.untraced(
+                    o, w, False
+                )
+                for who, p in (("ours", ours), ("orig", orig)):
+                    if p is None:
+                        continue
+                    for ps in ("start", "all"):
+                        self.jobs[f"{version}/{who}/{ps}/{work}"] = lambda p=p, w=ws, ps=ps: (
+                            measure.traced(p, w, ps)
+                        )
+            self.jobs[f"{version}/rss/ours"] = lambda o=ours: measure.rss_added(o, "pyusdt")
+            if orig is not None:
+                self.jobs[f"{version}/rss/orig"] = lambda o=orig: measure.rss_added(o, "libpyusdt")
+        if self.sdt_binary and not self.trace_problem and self.jobs:
+            n = self.size["sdt_n"]
+            b = self.sdt_binary
+            self.jobs["sdt/untraced"] = lambda: measure.sdt_loop(b, n, False)
+            self.jobs["sdt/traced"] = lambda: measure.sdt_loop(b, n, True)
+
+    # -- running -----------------------------------------------------------------------
+    def run(self) -> None:
+        keys = sorted(self.jobs)
+        for r in range(self.runs):
+            order = keys[:]
+            random.Random(1000 + r).shuffle(order)
+            t0 = time.monotonic()
+            for i, key in enumerate(order):
+                progress(f"run {r + 1}/{self.runs} [{i + 1}/{len(order)}] {key}")
+                try:
+                    sample = self.jobs[key]()
+                except (MeasureError, subprocess.SubprocessError, OSError) as exc:
+                    self.errors.append(f"run {r + 1} {key}: {exc}")
+                    sample = None
+                self.samples[key].append(sample)
+            progress(f"run {r + 1}/{self.runs} done in {time.monotonic() - t0:.0f} s", True)
+        if not self.trace_problem:
+            trials = self.size["latency_trials"]
+            for version, py in self.pythons.items():
+                if version.endswith("t"):
+                    continue
+                got = []
+                for i in range(trials):
+                    progress(f"{version} attach latency {i + 1}/{trials}")
+                    try:
+                        got.append(measure.latency(py["ours"])["ms"])
+                    except (MeasureError, subprocess.SubprocessError, OSError) as exc:
+                        self.errors.append(f"{version} latency trial {i + 1}: {exc}")
+                progress(f"{version} attach latency: {len(got)} trials", True)
+                self.latency[version] = got
+
+    # -- figures -----------------------------------------------------------------------
+    def per_run(self, key: str, field: str) -> list[float | None]:
+        return [s[field] if s else None for s in self.samples.get(key, [])]
+
+    def uprobe_cost_ns(self) -> list[float | None]:
+        """Per run: (traced loop - untraced loop) / hits, in ns."""
+        if "sdt/traced" not in self.samples:
+            return [None] * self.runs
+        out = []
+        for t, u in zip(
+            self.samples.get("sdt/traced", []), self.samples.get("sdt/untraced", []), strict=True
+        ):
+            if t and u and t["hits"]:
+                if t["hits"] != t["n"]:
+                    self.errors.append(f"sdt loop: bpftrace counted {t['hits']} of {t['n']} hits")
+                out.append((t["ns"] - u["ns"]) / t["hits"])
+            else:
+                out.append(None)
+        return out
+
+    def figure(
+        self,
+        fig: str,
+        version: str,
+        what: str,
+        value: float | None,
+        target_key: str,
+        unit: str = "x",
+        detail: str = "",
+        per_run: list | None = None,
+    ) -> None:
+        target, op = TARGETS[target_key]
+        self.figures.append(
+            {
+                "figure": fig,
+                "python": version,
+                "what": what,
+                "value": value,
+                "unit": unit,
+                "target": target,
+                "op": op,
+                "met": met(value, target_key),
+                "detail": detail,
+                "per_run": per_run,
+            }
+        )
+
+    def compute(self) -> None:
+        cost = self.uprobe_cost_ns()
+        self.cost_median = median(cost)
+        for version, py in self.pythons.items():
+            if version.endswith("t"):
+                self.compute_threads(version)
+                continue
+            for work in ("fib", "json"):
+                plain = self.per_run(f"{version}/plain/large/{work}", "time")
+                ours_u = self.per_run(f"{version}/pyusdt/large/{work}", "time")
+                ratios = [o / p if o and p else None for o, p in zip(ours_u, plain, strict=True)]
+                self.figure(
+                    "1 untraced",
+                    version,
+                    f"{work}: -m pyusdt / plain",
+                    median(ratios),
+                    "untraced",
+                    detail=f"plain {ms(median(plain))}",
+                    per_run=ratios,
+                )
+            for work in ("fib", "json"):
+                plain = self.per_run(f"{version}/plain/small/{work}", "time")
+                for ps in ("start", "all"):
+                    self.compute_traced(version, work, ps, plain, cost, py["orig"] is not None)
+            rss = self.per_run(f"{version}/rss/ours", "kib")
+            orig_rss = median(self.per_run(f"{version}/rss/orig", "kib"))
+            detail = f"original {orig_rss / 1024:.2f} MiB" if orig_rss is not None else ""
+            mib = [k / 1024 if k is not None else None for k in rss]
+            self.figure(
+                "6 import RSS",
+                version,
+                "import pyusdt",
+                median(mib),
+                "rss_mib",
+                "MiB",
+                detail,
+                per_run=mib,
+            )
+            lat = self.latency.get(version)
+            if lat:
+                p50 = statistics.median(lat)
+                self.figure(
+                    "4 attach latency",
+                    version,
+                    "BEGIN -> first PY_START, max",
+                    max(lat),
+                    "latency_max_ms",
+                    "ms",
+                    f"p50 {p50:.1f} ms, min {min(lat):.1f} ms, n={len(lat)}",
+                    per_run=lat,
+                )
+
+    def compute_traced(self, version, work, ps, plain, cost, have_orig) -> None:
+        label = "PY_START" if ps == "start" else "all 6"
+        ours = self.samples.get(f"{version}/ours/{ps}/{work}", [])
+        if not ours:
+            return
+        floors, per_hit = [], []
+        for s, p, c in zip(ours, plain, cost, strict=True):
+            if s and p and c:
+                floors.append(s["time"] / (p + s["hits"] * c * 1e-9))
+                per_hit.append((s["time"] - p) / s["hits"] * 1e9 if s["hits"] else None)
+            else:
+                floors.append(None)
+                per_hit.append(None)
+        hits = median([s["hits"] if s else None for s in ours])
+        hits_txt = f"{hits:,.0f}" if hits is not None else "?"
+        detail = (
+            f"{hits_txt} hits, {ns(median(per_hit))}/hit vs uprobe {ns(median(cost))}; "
+            f"traced {ms(median([s['time'] if s else None for s in ours]))}"
+        )
+        self.figure(
+            "2 traced/floor",
+            version,
+            f"{work} {label}",
+            median(floors),
+            f"floor/{ps}",
+            detail=detail,
+            per_run=floors,
+        )
+        if not have_orig:
+            return
+        orig = self.samples.get(f"{version}/orig/{ps}/{work}", [])
+        ratios = [
+            o["time"] / g["time"] if o and g else None for o, g in zip(ours, orig, strict=True)
+        ]
+        orig_floor = []
+        for g, p, c in zip(orig, plain, cost, strict=True):
+            orig_floor.append(g["time"] / (p + g["hits"] * c * 1e-9) if g and p and c else None)
+        of = median(orig_floor)
+        detail = (
+            f"original {ms(median([g['time'] if g else None for g in orig]))}, "
+            f"original/floor {of:.2f}"
+            if of
+            else ""
+        )
+        self.figure(
+            "3 ours/original",
+            version,
+            f"{work} {label}",
+            median(ratios),
+            f"vs_orig/{ps}",
+            detail=detail,
+            per_run=ratios,
+        )
+
+    def compute_threads(self, version: str) -> None:
+        for mode in ("untraced", "start", "all"):
+            t1 = self.per_run(f"{version}/threads/{mode}/1", "time")
+            t2 = self.per_run(f"{version}/threads/{mode}/2", "time")
+            scale = [2 * a / b if a and b else None for a, b in zip(t1, t2, strict=True)]
+            if mode == "untraced":
+                self.untraced_scaling = (version, median(scale), scale)
+                continue
+            label = "PY_START" if mode == "start" else "all 6"
+            u = self.untraced_scaling
+            detail = f"untraced 2T/1T {u[1]:.2f}x (machine's own scaling)" if u[1] else ""
+            self.figure(
+                "5 3.13t threads",
+                version,
+                f"{label}: 2T/1T throughput",
+                median(scale),
+                "threads",
+                detail=detail,
+                per_run=scale,
+            )
+
+    # -- output ------------------------------------------------------------------------
+    def table(self) -> str:
+        rows = [("Python", "Figure", "What", "Value", "Target", "Met", "Detail")]
+        for f in self.figures:
+            v = f["value"]
+            value = (
+                "n/a" if v is None else (f"{v:.3f}" if f["unit"] == "x" else f"{v:.2f} {f['unit']}")
+            )
+            target = f"{f['op']} {f['target']:g}" + ("" if f["unit"] == "x" else f" {f['unit']}")
+            mark = {True: "yes", False: "NO", None: "n/a"}[f["met"]]
+            rows.append((f["python"], f["figure"], f["what"], value, target, mark, f["detail"]))
+        widths = [max(len(r[i]) for r in rows) for i in range(6)]
+        lines = []
+        for i, r in enumerate(rows):
+            lines.append(
+                "  ".join(c.ljust(w) for c, w in zip(r[:6], widths, strict=True)) + "  " + r[6]
+            )
+            if i == 0:
+                lines.append("-" * (sum(widths) + 12 + len(r[6])))
+        return "\n".join(lines)
+
+
+def progress(msg: str, done: bool = False) -> None:
+    """A progress line on stderr: rewritten in place on a terminal, else only when done."""
+    if sys.stderr.isatty():
+        print(f"\r\033[Kbench: {msg}", end="\n" if done else "", file=sys.stderr, flush=True)
+    elif done:
+        log(msg)
+
+
+def ms(seconds: float | None) -> str:
+    return "?" if seconds is None else f"{seconds * 1e3:.1f} ms"
+
+
+def ns(value: float | None) -> str:
+    return "?" if value is None else f"{value:.0f} ns"
+
+
+def git_commit() -> str:
+    proc = subprocess.run(
+        ["git", "-C", str(envs.REPO), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return proc.stdout.strip() or "?"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=None, help="runs per variant (default 5)")
+    ap.add_argument("--json", default="bench-results.json", help="where to write the results")
+    ap.add_argument("--quick", action="store_true", help="1 run, short workloads (smoke test)")
+    ap.add_argument(
+        "--versions",
+        type=lambda s: s.split(","),
+        default=None,
+        help="comma-separated, default 3.12,3.13,3.13t (those provisioned)",
+    )
+    ap.add_argument("--no-orig", action="store_true", help="skip the original pyusdt 0.1.1")
+    args = ap.parse_args()
+    if args.runs is not None and args.runs < 1:
+        ap.error("--runs must be >= 1")
+
+    started = time.time()
+    load_before = loadavg()
+    bench = Bench(args)
+    bench.prepare()
+    if not bench.pythons:
+        log("nothing to measure")
+        return 1
+    bench.add_jobs()
+    t_prep = time.time() - started
+    bench.run()
+    bench.compute()
+    load_after = loadavg()
+    elapsed = time.time() - started
+
+    table = bench.table()
+    print(table)
+    print(
+        f"\nuprobe cost per hit (bpftrace count(), sdt_loop): {ns(bench.cost_median)}; "
+        f"runs: {bench.runs}; load average before {load_before}, after {load_after}; "
+        f"{elapsed:.0f} s ({t_prep:.0f} s setup)"
+    )
+    for n in bench.notes:
+        print(f"note: {n}")
+    for e in bench.errors:
+        print(f"error: {e}")
+    missed = [f for f in bench.figures if f["met"] is False]
+    print(
+        f"\n{len(bench.figures) - len(missed)}/{len(bench.figures)} figures meet their target"
+        + (" (a benchmark: missed targets do not fail it)" if missed else "")
+    )
+
+    result = {
+        "meta": {
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "commit": git_commit(),
+            "host": platform.node(),
+            "kernel": platform.release(),
+            "cpus": os.cpu_count(),
+            "runs": bench.runs,
+            "quick": args.quick,
+            "sizes": bench.size,
+            "loadavg_before": load_before,
+            "loadavg_after": load_after,
+            "seconds": round(elapsed, 1),
+            "pythons": {
+                v: {k: (vars(p) if p else None) for k, p in e.items()}
+                for v, e in bench.pythons.items()
+            },
+            "uprobe_cost_ns_median": bench.cost_median,
+        },
+        "figures": bench.figures,
+        "samples": bench.samples,
+        "latency_ms": bench.latency,
+        "notes": bench.notes,
+        "errors": bench.errors,
+    }
+    Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    log(f"results written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

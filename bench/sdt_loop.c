@@ -1,0 +1,112 @@
+/* bench/sdt_loop.c -- the uprobe-cost reference of the pyusdt benchmark.
+ *
+ * Fires one USDT probe (provider `bench`, probe `tick`, five arguments like
+ * pyusdt's PY_START) guarded by its semaphore, N times in a loop, and prints
+ * the loop's duration: "LOOP_NS <ns> <n>". bench/run.py runs it untraced and
+ * traced (bpftrace with the same action as for pyusdt); the difference divided
+ * by N is the cost of one probe hit, the floor of what any USDT-based tracer
+ * can do per event.
+ *
+ * usage: sdt_loop N [--wait]
+ *   --wait  spin (up to 60 s) until a tracer has set the semaphore, then run.
+ *
+ * With <sys/sdt.h> (Debian: systemtap-sdt-dev) the probe comes from
+ * STAP_PROBE5; without it (-DBENCH_OWN_SDT) the same stapsdt note and
+ * semaphore are written here with inline asm.
+ */
+#define _GNU_SOURCE
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef BENCH_OWN_SDT
+#define _SDT_HAS_SEMAPHORES 1
+#include <sys/sdt.h>
+#endif
+
+/* The semaphore: a u16 in section .probes, named PROVIDER_PROBE_semaphore. */
+__extension__ unsigned short bench_tick_semaphore
+    __attribute__((unused)) __attribute__((section(".probes")));
+
+#ifndef BENCH_OWN_SDT
+#define TICK(a, b, c, d, e) STAP_PROBE5(bench, tick, a, b, c, d, e)
+#else
+/* A stapsdt v3 note: pc, base (.stapsdt.base), semaphore, provider, name, args. */
+#define TICK(a, b, c, d, e)                                                        \
+    __asm__ __volatile__(                                                          \
+        "990: nop\n"                                                               \
+        ".pushsection .note.stapsdt,\"?\",\"note\"\n"                              \
+        ".balign 4\n"                                                              \
+        ".4byte 992f-991f, 994f-993f, 3\n"                                         \
+        "991: .asciz \"stapsdt\"\n"                                                \
+        "992: .balign 4\n"                                                         \
+        "993: .8byte 990b\n"                                                       \
+        ".8byte _.stapsdt.base\n"                                                  \
+        ".8byte bench_tick_semaphore\n"                                            \
+        ".asciz \"bench\"\n"                                                       \
+        ".asciz \"tick\"\n"                                                        \
+        ".asciz \"8@%0 8@%1 -4@%2 8@%3 8@%4\"\n"                                   \
+        "994: .balign 4\n"                                                         \
+        ".popsection\n"                                                            \
+        ".ifndef _.stapsdt.base\n"                                                 \
+        ".pushsection .stapsdt.base,\"aG\",\"progbits\",.stapsdt.base,comdat\n"    \
+        ".weak _.stapsdt.base\n"                                                   \
+        ".hidden _.stapsdt.base\n"                                                 \
+        "_.stapsdt.base: .space 1\n"                                               \
+        ".size _.stapsdt.base, 1\n"                                                \
+        ".popsection\n"                                                            \
+        ".endif\n" ::"r"((uint64_t)(a)),                                           \
+        "r"((uint64_t)(b)), "r"((int32_t)(c)), "r"((int64_t)(d)), "r"((int64_t)(e)))
+#endif
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static unsigned short semaphore(void)
+{
+    return *(volatile unsigned short *)&bench_tick_semaphore;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s N [--wait]\n", argv[0]);
+        return 2;
+    }
+    long n = atol(argv[1]);
+    int wait = argc > 2 && strcmp(argv[2], "--wait") == 0;
+    static const char name[] = "fib";
+    static const char file[] = "/bench/workload.py";
+
+    printf("PID %d\n", (int)getpid());
+    fflush(stdout);
+    if (wait) {
+        uint64_t deadline = now_ns() + 60ull * 1000000000u;
+        while (!semaphore()) {
+            if (now_ns() > deadline) {
+                fprintf(stderr, "sdt_loop: no tracer attached after 60 s\n");
+                return 1;
+            }
+            struct timespec ms = {0, 1000000};
+            nanosleep(&ms, NULL);
+        }
+    }
+
+    uint64_t t0 = now_ns();
+    for (long i = 0; i < n; i++) {
+        /* Like a pyusdt callback: check the semaphore, fire if attached. */
+        if (__builtin_expect(semaphore() != 0, 0))
+            TICK(name, file, 42, i, 0);
+        __asm__ __volatile__("" ::: "memory");
+    }
+    uint64_t t1 = now_ns();
+    printf("LOOP_NS %llu %ld\n", (unsigned long long)(t1 - t0), n);
+    return 0;
+}

@@ -1,0 +1,149 @@
+"""The benchmark's target program: a CPU-bound workload timed from the inside.
+
+Run as `python workload.py WORK SIZE [options]` or `python -m pyusdt workload.py ...`.
+It imports nothing from pyusdt, so the same file runs under plain python, under our
+pyusdt and under the original pyusdt 0.1.1. Prints `BENCH_TIME <seconds>`, measured
+with time.perf_counter around the workload only (start-up, waiting and exit excluded).
+
+WORK is `fib` (recursive fib(SIZE)) or `json` (SIZE rounds of dataclass records to
+dicts, json.dumps, json.loads and back to dataclasses).
+
+options:
+  --wait-events MASK  before starting the clock, wait (up to 60 s) until some
+                      sys.monitoring tool has all the events of MASK enabled (a
+                      tracer has attached and the probes' events are on), then
+                      --settle more seconds (default 0.2) so every probe is attached.
+  --threads T         run the workload in T threads at once (same work each);
+                      the time is from starting the first to joining the last.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+
+
+def fib(n: int) -> int:
+    if n < 2:
+        return n
+    return fib(n - 1) + fib(n - 2)
+
+
+@dataclass
+class Address:
+    street: str
+    city: str
+    postcode: str
+    country: str = "NZ"
+
+
+@dataclass
+class Item:
+    sku: str
+    quantity: int
+    price: float
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Order:
+    order_id: int
+    customer: str
+    paid: bool
+    address: Address
+    items: list[Item]
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+def make_orders(n: int) -> list[Order]:
+    return [
+        Order(
+            order_id=i,
+            customer=f"customer-{i:05d}",
+            paid=i % 3 == 0,
+            address=Address(f"{i} Queen Street", "Auckland", f"{1000 + i % 900}"),
+            items=[
+                Item(f"SKU-{i}-{j}", j + 1, round(9.99 * (j + 1), 2), [f"t{j}", "sale"])
+                for j in range(4)
+            ],
+            notes={"gift": "no", "channel": "web"},
+        )
+        for i in range(50)
+    ]
+
+
+def order_from_dict(d: dict) -> Order:
+    return Order(
+        order_id=d["order_id"],
+        customer=d["customer"],
+        paid=d["paid"],
+        address=Address(**d["address"]),
+        items=[Item(**item) for item in d["items"]],
+        notes=dict(d["notes"]),
+    )
+
+
+def json_rounds(rounds: int) -> int:
+    orders = make_orders(50)
+    total = 0
+    for _ in range(rounds):
+        text = json.dumps([asdict(o) for o in orders], sort_keys=True)
+        back = [order_from_dict(d) for d in json.loads(text)]
+        if back != orders:
+            raise AssertionError("json round trip changed the records")
+        total += len(text)
+    return total
+
+
+WORKS = {"fib": fib, "json": json_rounds}
+
+
+def wait_for_events(mask: int, timeout: float) -> bool:
+    mon = sys.monitoring
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for tool in range(6):
+            if mon.get_events(tool) & mask == mask:
+                return True
+        time.sleep(0.002)
+    return False
+
+
+def main(argv: list[str]) -> None:
+    work, size = WORKS[argv[0]], int(argv[1])
+    opts = argv[2:]
+    mask, settle, threads = 0, 0.2, 1
+    while opts:
+        opt, value, opts = opts[0], opts[1], opts[2:]
+        if opt == "--wait-events":
+            mask = int(value, 0)
+        elif opt == "--settle":
+            settle = float(value)
+        elif opt == "--threads":
+            threads = int(value)
+        else:
+            sys.exit(f"workload: unknown option {opt}")
+    if mask:
+        if not wait_for_events(mask, 60):
+            sys.exit("workload: the tracer's events were not enabled within 60 s")
+        time.sleep(settle)
+    if threads == 1 and "--threads" not in argv:
+        t0 = time.perf_counter()
+        work(size)
+        elapsed = time.perf_counter() - t0
+    else:
+        workers = [threading.Thread(target=work, args=(size,)) for _ in range(threads)]
+        t0 = time.perf_counter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        elapsed = time.perf_counter() - t0
+    print(f"BENCH_TIME {elapsed:.9f}", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
