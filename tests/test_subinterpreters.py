@@ -1,0 +1,284 @@
+"""Tests for subinterpreters: concurrent isolated interpreters traced at once,
+subinterpreter churn under an attaching/detaching tracer, and process exit when
+only subinterpreters imported pyusdt (helpers: tests/scripts/interp_*.py)."""
+
+from __future__ import annotations
+
+import queue
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+from conftest import BPFTRACE, base_env, bt_program, run_traced
+
+SCRIPTS = Path(__file__).parent / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+
+import interp_workload  # noqa: E402
+
+ALL = ["PY_START", "PY_RESUME", "PY_RETURN", "PY_YIELD", "CALL", "LINE"]
+# Position of the interpreter-id argument (always the last one).
+INTERP_ARG = {"PY_START": 4, "PY_RESUME": 4, "PY_RETURN": 5, "PY_YIELD": 5, "CALL": 5, "LINE": 3}
+
+# Counts events of the `wl_*` functions by (probe, function, interpreter id).
+COUNT_WL = "\n".join(
+    f'usdt:PYUSDT:pyusdt:{p} /strncmp(str(arg0), "wl_", 3) == 0/ '
+    f"{{ @{p}[str(arg0), arg{INTERP_ARG[p]}] = count(); }}"
+    for p in ALL
+)
+MAP_LINE = re.compile(r"^@(\w+)\[(\w+), (\d+)\]: (\d+)$")
+
+
+def parse_counts(output: str) -> dict[int, Counter]:
+    """bpftrace map lines -> {interp id: Counter({(probe, function): n})}."""
+    per: dict[int, Counter] = {}
+    for line in output.splitlines():
+        m = MAP_LINE.match(line.strip())
+        if m:
+            probe, func, interp, n = m.group(1), m.group(2), int(m.group(3)), int(m.group(4))
+            per.setdefault(interp, Counter())[(probe, func)] += n
+    return per
+
+
+def run_concurrent(nsub: int, rounds: int, cwd: Path) -> tuple[list[int], dict[int, Counter], str]:
+    t = run_traced(
+        COUNT_WL,
+        SCRIPTS / "interp_concurrent.py",
+        ALL,
+        args=[",".join(ALL), str(nsub), str(rounds)],
+        cwd=cwd,
+    )
+    assert t.returncode == 0, t.stderr
+    ids = [int(x) for x in t.stdout.split("ids", 1)[1].splitlines()[0].split()]
+    expected = interp_workload.wl_work(rounds)
+    results = {
+        int(m.group(1)): int(m.group(2))
+        for m in re.finditer(r"^result (\d+) (\d+)$", t.stdout, re.M)
+    }
+    assert results == {i: expected for i in ids}, t.stdout
+    return ids, parse_counts(t.output), t.output
+
+
+def test_concurrent_isolated_interpreters_exact_counts(bpftrace, workdir):
+    rounds = 20
+    ref_ids, ref, ref_out = run_concurrent(0, rounds, workdir)
+    assert ref_ids == [0]
+    assert list(ref) == [0], ref_out
+    one = ref[0]
+    # Every probe fired for the workload in the reference run.
+    assert {p for p, _ in one} == set(ALL), one
+    assert one[("PY_START", "wl_fib")] == one[("PY_RETURN", "wl_fib")] == rounds * fib_calls(12)
+    ids, per, out = run_concurrent(3, rounds, workdir)
+    assert len(set(ids)) == 4 and ids[0] == 0
+    assert sorted(per) == sorted(ids), out
+    for i in ids:
+        assert per[i] == one, f"interpreter {i}: {per[i]} != reference {one}"
+    total = Counter()
+    for c in per.values():
+        total.update(c)
+    for p in ALL:
+        n_ref = sum(n for (q, _), n in one.items() if q == p)
+        assert sum(n for (q, _), n in total.items() if q == p) == 4 * n_ref
+
+
+def fib_calls(n: int) -> int:
+    return 1 if n < 2 else 1 + fib_calls(n - 1) + fib_calls(n - 2)
+
+
+# Any event, keyed by probe and interpreter id, plus the churn markers.
+CHURN_PROGRAM = "\n".join(
+    f"usdt:PYUSDT:pyusdt:{p} {{ @{p}[arg{INTERP_ARG[p]}] = count(); }}" for p in ALL
+) + (
+    '\nusdt:PYUSDT:pyusdt:PY_START /str(arg0) == "churn_marker"/ { printf("marker %d\\n", arg4); }'
+)
+FINAL_PROGRAM = (
+    'usdt:PYUSDT:pyusdt:PY_START /str(arg0) == "churn_marker"/ { printf("marker %d\\n", arg4); }'
+)
+
+
+class Lines:
+    """A process's stdout lines, read by a thread, awaited by prefix."""
+
+    def __init__(self, stream) -> None:
+        self.seen: list[str] = []
+        self._q: queue.Queue[str | None] = queue.Queue()
+        self._t = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._t.start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            self._q.put(line.rstrip("\n"))
+        self._q.put(None)
+
+    def _drain(self, timeout: float) -> bool:
+        """Moves queued lines to `seen`, waiting up to `timeout` s for the
+        first; False once the stream has ended."""
+        try:
+            line = self._q.get(timeout=timeout)
+            while line is not None:
+                self.seen.append(line)
+                line = self._q.get_nowait()
+        except queue.Empty:
+            return True
+        self._q.put(None)
+        return False
+
+    def _find(self, prefix: str) -> str | None:
+        return next((ln for ln in self.seen if ln.startswith(prefix)), None)
+
+    def has(self, prefix: str) -> bool:
+        self._drain(0.001)
+        return self._find(prefix) is not None
+
+    def expect(self, prefix: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while (found := self._find(prefix)) is None:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._drain(min(left, 0.5)) and self._find(prefix) is None:
+                raise AssertionError(f"no line {prefix!r} in stdout: {self.seen}")
+        return found
+
+
+def start_target(args: list[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=base_env(),
+        cwd=cwd,
+    )
+
+
+def start_bpftrace(pid: int, program: str) -> subprocess.Popen:
+    assert BPFTRACE is not None
+    return subprocess.Popen(
+        [BPFTRACE, "-p", str(pid), "-e", bt_program(program)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def stop(proc: subprocess.Popen | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def bpftrace_cycle(pid: int, program: str, hold: float) -> tuple[bool, str]:
+    """One short-lived tracer: attach, run `hold` s after it starts, SIGINT.
+    Returns (it printed its Attaching line, its stdout)."""
+    bt = start_bpftrace(pid, program)
+    try:
+        first = bt.stdout.readline() if bt.stdout else ""
+        if first.startswith("Attaching"):
+            time.sleep(hold)
+        bt.send_signal(signal.SIGINT)
+        out, _ = bt.communicate(timeout=30)
+        return first.startswith("Attaching"), first + out
+    finally:
+        stop(bt)
+
+
+def test_churn_500_subinterpreters_under_toggling_tracer(bpftrace, workdir):
+    rng = random.Random(669)
+    target = start_target([str(SCRIPTS / "interp_churn.py"), "500"], workdir)
+    final = None
+    try:
+        lines = Lines(target.stdout)
+        lines.expect("ready", 60)
+        cycles, outputs = 0, []
+        while not lines.has("churned") and target.poll() is None:
+            ok, out = bpftrace_cycle(target.pid, CHURN_PROGRAM, rng.uniform(0.15, 0.45))
+            cycles += ok
+            outputs.append(out)
+            time.sleep(rng.uniform(0.05, 0.3))  # detached for a while
+        lines.expect("churned 500", 120)
+        assert target.stdin is not None
+        target.stdin.write("final\n")
+        target.stdin.flush()
+        lines.expect("waiting", 60)
+        final = start_bpftrace(target.pid, FINAL_PROGRAM)
+        done = lines.expect("done", 60)
+        rc = target.wait(60)
+        fout, ferr = final.communicate(timeout=30)
+    finally:
+        stop(target)
+        stop(final)
+    stderr = target.stderr.read() if target.stderr else ""
+    assert rc == 0, stderr
+    assert cycles >= 3, outputs
+    main_id, sub_id = (int(x) for x in done.split()[1:])
+    assert main_id == 0 and sub_id > 0
+    # The watcher still serves the main interpreter and new subinterpreters.
+    assert sorted(int(x) for x in re.findall(r"^marker (\d+)$", fout, re.M)) == [0, sub_id], (
+        fout + ferr
+    )
+    # While churning, the tracers saw events of subinterpreters.
+    churn_markers = [int(x) for o in outputs for x in re.findall(r"^marker (\d+)$", o, re.M)]
+    assert any(i > 0 for i in churn_markers), outputs
+
+
+# PY_START first, so the target can exit while the other probes still attach.
+SHUTDOWN_PROGRAM = "usdt:PYUSDT:pyusdt:PY_START { @start[arg4] = count(); }\n" + "\n".join(
+    f"usdt:PYUSDT:pyusdt:{p} {{ @{p} = count(); }}" for p in ALL[1:]
+)
+
+
+def check_exit(returncode: int, stdout: str, stderr: str) -> int:
+    """The script's own status, no fatal error, only subinterpreters registered."""
+    assert returncode == 4, f"status {returncode}\n{stdout}\n{stderr}"
+    assert "Fatal Python error" not in stderr, stderr
+    ids = [int(x) for x in stdout.split("ready", 1)[1].split()[:3]]
+    ready = re.findall(r"^pyusdt: ready \(interpreter (\d+)", stderr, re.M)
+    assert sorted(int(i) for i in ready) == sorted(ids) and 0 not in ids, stderr
+    return ids[0]
+
+
+def test_exit_status_when_only_subinterpreters_imported_untraced(workdir):
+    env = base_env(PYUSDT_VERBOSE="1")
+    for _ in range(20):
+        p = subprocess.run(
+            [sys.executable, str(SCRIPTS / "interp_shutdown.py"), "untraced"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=workdir,
+            timeout=60,
+        )
+        check_exit(p.returncode, p.stdout, p.stderr)
+
+
+def test_exit_status_when_only_subinterpreters_imported_traced(bpftrace, workdir):
+    env = base_env(PYUSDT_VERBOSE="1")
+    for _ in range(10):
+        target = subprocess.Popen(
+            [sys.executable, str(SCRIPTS / "interp_shutdown.py"), "traced"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=workdir,
+        )
+        bt = None
+        try:
+            lines = Lines(target.stdout)
+            lines.expect("ready", 60)
+            bt = start_bpftrace(target.pid, SHUTDOWN_PROGRAM)
+            target.wait(60)
+            bt_out, bt_err = bt.communicate(timeout=30)
+        finally:
+            stop(target)
+            stop(bt)
+        stderr = target.stderr.read() if target.stderr else ""
+        a_id = check_exit(target.returncode, "\n".join(lines.seen), stderr)
+        # The tracer really was attached: it saw A's workload start.
+        assert re.search(rf"^@start\[{a_id}\]: [1-9]", bt_out, re.M), bt_out + bt_err
