@@ -294,7 +294,13 @@ def main(argv: list[str] | None = None) -> None:
                 break
             tracer_status = tracer.poll()
             if tracer_status is not None and tracer_status != 0:
-                # bpftrace failed (bad program, no permission, ...): it said why.
+                # bpftrace failed. If the target just exited, that was probably why.
+                try:
+                    status = child.wait(0.25)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                # A bad program, no permission, ...: bpftrace said why.
                 _stop(child, signal.SIGTERM, 1.0)
                 sys.exit(tracer_status if tracer_status > 0 else 1)
             time.sleep(0.01)
