@@ -25,6 +25,14 @@ fn none() -> *mut ffi::PyObject {
     unsafe { ffi::Py_NewRef(ffi::Py_None()) }
 }
 
+/// `sys.monitoring.DISABLE`, new reference: pyusdt's own code is not traced,
+/// and once disabled at a location CPython stops calling us there.
+#[inline(always)]
+fn disable(st: &State) -> *mut ffi::PyObject {
+    // SAFETY: `st.disable` is an owned reference kept by the state.
+    unsafe { ffi::Py_NewRef(st.disable) }
+}
+
 /// Validated callback arguments: the state, the code object and args.
 ///
 /// # Safety
@@ -87,6 +95,9 @@ macro_rules! start_like {
             };
             // SAFETY: attached; `a[0]` is a code object (checked by `prologue`).
             let (info, offset) = unsafe { (code_info::read(a[0], st.layout_ok), int_arg(a[1])) };
+            if st.is_own(info.file_bytes()) {
+                return disable(st);
+            }
             probes::pyusdt::$macro!(|| (
                 info.name as usize,
                 info.file as usize,
@@ -119,6 +130,9 @@ macro_rules! value_like {
             };
             // SAFETY: attached; `a[0]` is a code object (checked by `prologue`).
             let (info, offset) = unsafe { (code_info::read(a[0], st.layout_ok), int_arg(a[1])) };
+            if st.is_own(info.file_bytes()) {
+                return disable(st);
+            }
             // SAFETY: attached to the interpreter that owns `st.scratch`.
             let Some(value) = (unsafe { repr::bounded(&st.scratch, a[2]) }) else {
                 return ptr::null_mut();
@@ -158,6 +172,9 @@ pub unsafe extern "C" fn line(
     };
     // SAFETY: attached; `a[0]` is a code object (checked by `prologue`).
     let (info, lineno) = unsafe { (code_info::read(a[0], st.layout_ok), int_arg(a[1]) as i32) };
+    if st.is_own(info.file_bytes()) {
+        return disable(st);
+    }
     probes::pyusdt::LINE!(|| (info.name as usize, info.file as usize, lineno, st.interp_id));
     drop(info);
     none()

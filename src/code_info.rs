@@ -46,9 +46,18 @@ const UNKNOWN: &CStr = c"<unknown>";
 pub struct CodeInfo {
     pub name: *const c_char,
     pub file: *const c_char,
+    pub file_len: usize,
     pub firstlineno: i32,
     /// Strong references taken by the slow path, released on drop.
     holder: [*mut ffi::PyObject; 2],
+}
+
+impl CodeInfo {
+    /// The file name's UTF-8 bytes.
+    pub fn file_bytes(&self) -> &[u8] {
+        // SAFETY: `file` points to `file_len` bytes kept alive with `self`.
+        unsafe { std::slice::from_raw_parts(self.file.cast::<u8>(), self.file_len) }
+    }
 }
 
 impl Drop for CodeInfo {
@@ -61,23 +70,25 @@ impl Drop for CodeInfo {
     }
 }
 
-/// Borrowed UTF-8 of a `str`, or `<unknown>` (with the error cleared) when it
-/// is not a str or cannot be encoded (lone surrogates).
+/// Borrowed UTF-8 of a `str` and its length, or `<unknown>` (with the error
+/// cleared) when it is not a str or cannot be encoded (lone surrogates).
 ///
 /// # Safety
 /// Attached to the interpreter; `s` is null or a valid object.
-unsafe fn utf8(s: *mut ffi::PyObject) -> *const c_char {
+unsafe fn utf8(s: *mut ffi::PyObject) -> (*const c_char, usize) {
+    let unknown = (UNKNOWN.as_ptr(), UNKNOWN.count_bytes());
     // SAFETY: the caller guarantees attachment and a valid or null `s`.
     unsafe {
         if s.is_null() || ffi::PyUnicode_Check(s) == 0 {
-            return UNKNOWN.as_ptr();
+            return unknown;
         }
-        let p = ffi::PyUnicode_AsUTF8AndSize(s, ptr::null_mut());
+        let mut len: ffi::Py_ssize_t = 0;
+        let p = ffi::PyUnicode_AsUTF8AndSize(s, &mut len);
         if p.is_null() {
             ffi::PyErr_Clear();
-            return UNKNOWN.as_ptr();
+            return unknown;
         }
-        p
+        (p, len as usize)
     }
 }
 
@@ -103,9 +114,11 @@ pub unsafe fn read(code: *mut ffi::PyObject, layout_ok: bool) -> CodeInfo {
     unsafe {
         if layout_ok {
             let head = code as *const CodeHead;
+            let (file, file_len) = utf8((*head).co_filename);
             return CodeInfo {
-                name: utf8((*head).co_name),
-                file: utf8((*head).co_filename),
+                name: utf8((*head).co_name).0,
+                file,
+                file_len,
                 firstlineno: (*head).co_firstlineno,
                 holder: [ptr::null_mut(); 2],
             };
@@ -140,9 +153,11 @@ unsafe fn read_slow(code: *mut ffi::PyObject) -> CodeInfo {
             }
             ffi::Py_DECREF(line);
         }
+        let (file_ptr, file_len) = utf8(file);
         CodeInfo {
-            name: utf8(name),
-            file: utf8(file),
+            name: utf8(name).0,
+            file: file_ptr,
+            file_len,
             firstlineno,
             holder: [name, file],
         }

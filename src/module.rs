@@ -205,6 +205,8 @@ unsafe fn exec_inner(module: *mut ffi::PyObject) -> Result<(), ()> {
             interp_id,
             layout_ok: code_info::check_layout(),
             monitoring,
+            disable: ptr::null_mut(),
+            own_prefix: own_prefix(module),
             callbacks: [ptr::null_mut(); 6],
             event_bits: [0; 6],
             tool_id: NO_TOOL.into(),
@@ -220,6 +222,7 @@ unsafe fn exec_inner(module: *mut ffi::PyObject) -> Result<(), ()> {
         *slot = Box::into_raw(st);
         let st = &mut *st_ptr;
 
+        st.disable = check(ffi::PyObject_GetAttrString(monitoring, c"DISABLE".as_ptr()))?;
         let events = check(ffi::PyObject_GetAttrString(monitoring, c"events".as_ptr()))?;
         for p in Probe::ALL {
             let name = std::ffi::CString::new(p.name()).expect("probe names have no NUL");
@@ -282,6 +285,32 @@ unsafe fn exec_inner(module: *mut ffi::PyObject) -> Result<(), ()> {
             )
         });
         Ok(())
+    }
+}
+
+/// The directory of this extension's file, with a trailing '/' (empty if
+/// unknown): the pyusdt package, whose own code is not traced.
+unsafe fn own_prefix(module: *mut ffi::PyObject) -> Vec<u8> {
+    // SAFETY: attached; the filename object is checked and released.
+    unsafe {
+        let f = ffi::PyModule_GetFilenameObject(module);
+        if f.is_null() {
+            ffi::PyErr_Clear();
+            return Vec::new();
+        }
+        let mut len: ffi::Py_ssize_t = 0;
+        let p = ffi::PyUnicode_AsUTF8AndSize(f, &mut len);
+        let mut out = Vec::new();
+        if p.is_null() {
+            ffi::PyErr_Clear();
+        } else {
+            let bytes = std::slice::from_raw_parts(p.cast::<u8>(), len as usize);
+            if let Some(i) = bytes.iter().rposition(|&b| b == b'/') {
+                out.extend_from_slice(&bytes[..=i]);
+            }
+        }
+        ffi::Py_DECREF(f);
+        out
     }
 }
 
@@ -521,6 +550,7 @@ unsafe extern "C" fn free(module: *mut c_void) {
             ffi::Py_XDECREF(obj);
         }
         ffi::Py_XDECREF(st.monitoring);
+        ffi::Py_XDECREF(st.disable);
         drop(st);
     }
 }

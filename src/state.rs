@@ -20,6 +20,11 @@ pub struct State {
     pub layout_ok: bool,
     /// Owned `sys.monitoring` module of this interpreter.
     pub monitoring: *mut ffi::PyObject,
+    /// Owned `sys.monitoring.DISABLE`, returned for events in pyusdt's own code.
+    pub disable: *mut ffi::PyObject,
+    /// UTF-8 of pyusdt's package directory with a trailing '/', or empty if
+    /// unknown: code from files under it (the CLI, `wait_for_tracer`) is not traced.
+    pub own_prefix: Vec<u8>,
     /// Owned callbacks, indexed like `Probe::ALL`.
     pub callbacks: [*mut ffi::PyObject; 6],
     /// `sys.monitoring.events` value for each probe, indexed like `Probe::ALL`.
@@ -40,6 +45,12 @@ pub struct State {
 impl State {
     pub fn callback(&self, p: Probe) -> *mut ffi::PyObject {
         self.callbacks[p as usize]
+    }
+
+    /// Is this code object's file part of pyusdt itself?
+    #[inline(always)]
+    pub fn is_own(&self, file: &[u8]) -> bool {
+        !self.own_prefix.is_empty() && file.starts_with(&self.own_prefix)
     }
 
     pub fn tool(&self) -> Option<i32> {
