@@ -147,3 +147,38 @@ def run_traced(
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+def finish(proc: subprocess.Popen, timeout: float = 90) -> tuple[str, str]:
+    """communicate(); on timeout kill `proc` and fail with what it printed."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"{proc.args[:3]} hung\nstdout:{out}\nstderr:{err}") from None
+
+
+def attach_bpftrace(pid: int, program: str) -> subprocess.Popen:
+    """`bpftrace -p PID -e PROGRAM`, returned once all its probes are attached.
+
+    The kernel raises a probe's semaphore while bpftrace is still attaching, so a target's
+    `wait_for_tracer` can return before the BPF program is in place (and a target that then
+    exits at once makes the attach fail with ESRCH). bpftrace runs BEGIN only after
+    attaching everything, so its READY line is the real "attached". bpftrace exits by
+    itself when PID exits; collect its output with `finish()`.
+    """
+    need_bpftrace()
+    assert BPFTRACE is not None
+    bt = subprocess.Popen(
+        [BPFTRACE, "-p", str(pid), "-e", 'BEGIN { printf("READY\\n"); }' + bt_program(program)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert bt.stdout is not None
+    while (line := bt.stdout.readline()) != "READY\n":
+        if not line:
+            _, err = finish(bt)
+            raise AssertionError(f"bpftrace did not attach to {pid}: {err}")
+    return bt

@@ -17,7 +17,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import BPFTRACE, base_env, bt_program, need_bpftrace
+from conftest import attach_bpftrace, base_env, finish, need_bpftrace
 
 TIMEOUT = 90
 
@@ -45,30 +45,10 @@ def start(script: Path, *args: str, python_flags: tuple[str, ...] = ()) -> subpr
     )
 
 
-def attach(pid: int, program: str, target: subprocess.Popen | None = None) -> subprocess.Popen:
-    """bpftrace -p PID, returned once all its probes are attached (it exits with PID).
-
-    The kernel raises a probe's semaphore while bpftrace is still attaching, so
-    `wait_for_tracer` alone can return before the BPF program is in place (and a target
-    that then exits at once makes bpftrace's attach fail with ESRCH). bpftrace runs BEGIN
-    after attaching everything: its READY line is the real "attached". Then "go" is sent
-    to `target`'s stdin.
-    """
-    need_bpftrace()
-    assert BPFTRACE is not None
-    bt = subprocess.Popen(
-        [BPFTRACE, "-p", str(pid), "-e", 'BEGIN { printf("READY\\n"); }' + bt_program(program)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert bt.stdout is not None
-    while (line := bt.stdout.readline()) != "READY\n":
-        if not line:
-            _, err = finish(bt)
-            raise AssertionError(f"bpftrace did not attach to {pid}: {err}")
-    if target is not None:
-        go(target)
+def attach(pid: int, program: str, target: subprocess.Popen) -> subprocess.Popen:
+    """bpftrace -p PID, once fully attached; then "go" on `target`'s stdin."""
+    bt = attach_bpftrace(pid, program)
+    go(target)
     return bt
 
 
@@ -76,15 +56,6 @@ def go(target: subprocess.Popen) -> None:
     assert target.stdin is not None
     target.stdin.write("go\n")
     target.stdin.flush()
-
-
-def finish(proc: subprocess.Popen, timeout: float = TIMEOUT) -> tuple[str, str]:
-    try:
-        return proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        raise AssertionError(f"{proc.args[:2]} hung\nstdout:{out}\nstderr:{err}") from None
 
 
 def expect_line(proc: subprocess.Popen, prefix: str) -> str:
