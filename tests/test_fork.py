@@ -10,7 +10,6 @@ many forks in a row (traced or not) never hang or fail, and that multiprocessing
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 import sys
 import textwrap
@@ -189,6 +188,9 @@ def child_work():
 def parent_work():
     return 2
 
+def detach_me():
+    return 3
+
 print("PARENT", os.getpid(), flush=True)
 if not traced():
     sys.exit(3)
@@ -201,6 +203,7 @@ _, status = os.waitpid(pid, 0)
 parent_work()
 parent_work()
 print("CHILD-EXIT", os.waitstatus_to_exitcode(status), flush=True)
+detach_me()  # bpftrace exits on this call
 # The restarted watcher still follows the tracer: it disables the events on detach.
 deadline = time.monotonic() + 60
 while pyusdt.status()["enabled"] and time.monotonic() < deadline:
@@ -208,15 +211,16 @@ while pyusdt.status()["enabled"] and time.monotonic() < deadline:
 print("AFTER-DETACH", pyusdt.status()["enabled"], pyusdt.status()["tool_id"], flush=True)
 """
 
+DETACH_ON_CALL = 'usdt:PYUSDT:pyusdt:PY_START /str(arg0) == "detach_me"/ { exit(); }'
+
 
 def test_traced_parent_stays_traced_across_fork(tmp_path):
     need_bpftrace()
     target = start(write(tmp_path / "parent.py", TRACED_PARENT_SCRIPT))
     try:
         parent = int(expect_line(target, "PARENT"))
-        bt = attach(parent, WORK_PROGRAM, target)
+        bt = attach(parent, WORK_PROGRAM + DETACH_ON_CALL, target)
         assert expect_line(target, "CHILD-EXIT") == "0"
-        bt.send_signal(signal.SIGINT)
         bt_out, bt_err = finish(bt)
         assert expect_line(target, "AFTER-DETACH") == "[] None"
     finally:
