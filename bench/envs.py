@@ -76,13 +76,16 @@ def source_hash() -> str:
 
 
 def _run(cmd: list[str], logfile: Path, env: dict[str, str] | None = None) -> None:
+    # The venv's bin first on PATH: `pip install --no-build-isolation` runs `maturin`.
+    env = dict(env or os.environ)
+    env["PATH"] = f"{Path(cmd[0]).parent}:{env.get('PATH', '')}"
     with logfile.open("a") as out:
         out.write(f"$ {' '.join(cmd)}\n")
         out.flush()
         proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, check=False)
     if proc.returncode != 0:
-        tail = logfile.read_text().splitlines()[-15:]
-        raise EnvError(f"`{' '.join(cmd[:4])} ...` failed:\n  " + "\n  ".join(tail))
+        tail = [ln for ln in logfile.read_text().splitlines() if ln.strip()][-3:]
+        raise EnvError(f"`{' '.join(cmd[:5])} ...` failed (log: {logfile}): " + " | ".join(tail))
 
 
 def _probe_lib(exe: str, module: str) -> str:

@@ -38,22 +38,25 @@ def target_env() -> dict[str, str]:
     return env
 
 
-def _bench_time(out: str, err: str, what: str) -> float:
-    m = re.search(r"^BENCH_TIME (\S+)$", out, re.M)
+def _bench_times(out: str, err: str, what: str) -> list[float]:
+    """The workload's own timings (BENCH_TIMES: one per repeat)."""
+    m = re.search(r"^BENCH_TIMES (.+)$", out, re.M)
     if not m:
-        raise MeasureError(f"{what}: no BENCH_TIME\nstdout: {out[-800:]}\nstderr: {err[-800:]}")
-    return float(m.group(1))
+        raise MeasureError(f"{what}: no BENCH_TIMES\nstdout: {out[-800:]}\nstderr: {err[-800:]}")
+    return [float(t) for t in m.group(1).split()]
 
 
 def untraced(py: Python, work: list[str], via_pyusdt: bool) -> dict:
-    """`python workload.py ...` (or `python -m pyusdt workload.py ...`), no tracer."""
+    """`python workload.py ...` (or `python -m pyusdt workload.py ...`), no tracer.
+    The sample's time is the fastest repeat."""
     cmd = [py.exe, *(["-m", "pyusdt"] if via_pyusdt else []), WORKLOAD, *work]
     proc = subprocess.run(
         cmd, capture_output=True, text=True, env=target_env(), timeout=600, check=False
     )
     if proc.returncode != 0:
         raise MeasureError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr[-800:]}")
-    return {"time": _bench_time(proc.stdout, proc.stderr, " ".join(cmd))}
+    times = _bench_times(proc.stdout, proc.stderr, " ".join(cmd))
+    return {"time": min(times), "times": times}
 
 
 def _counts(bt_out: str) -> dict[str, int]:
@@ -61,9 +64,14 @@ def _counts(bt_out: str) -> dict[str, int]:
 
 
 def _attach(target: subprocess.Popen, program: str, timeout: float) -> tuple[str, str, str]:
-    """Attaches `bpftrace -p` to `target`, waits for both; returns (target stdout,
-    target stderr, bpftrace stdout). bpftrace exits by itself when the target does."""
-    assert BPFTRACE is not None
+    """Attaches `bpftrace -p` to `target` once it has printed its first line (so it has
+    loaded the library with the probes), waits for both; returns (target stdout, target
+    stderr, bpftrace stdout). bpftrace exits by itself when the target does."""
+    assert BPFTRACE is not None and target.stdout is not None
+    first = target.stdout.readline()
+    if not first:
+        out, err = target.communicate()
+        raise MeasureError(f"target exited {target.returncode} before attach: {err[-800:]}")
     bt = subprocess.Popen(
         [BPFTRACE, "-p", str(target.pid), "-e", program],
         stdout=subprocess.PIPE,
@@ -74,7 +82,14 @@ def _attach(target: subprocess.Popen, program: str, timeout: float) -> tuple[str
     try:
         while target.poll() is None:
             if bt.poll() is not None:
-                raise MeasureError(f"bpftrace exited early ({bt.returncode}): {bt.stderr.read()}")
+                # It may just have seen the target exit before we did.
+                try:
+                    target.wait(timeout=5)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                bt_out, bt_err = bt.communicate()
+                raise MeasureError(f"bpftrace exited early ({bt.returncode}): {bt_out} {bt_err}")
             if time.monotonic() > deadline:
                 raise MeasureError(f"target still running after {timeout:.0f} s")
             time.sleep(0.01)
@@ -92,7 +107,7 @@ def _attach(target: subprocess.Popen, program: str, timeout: float) -> tuple[str
         raise
     if target.returncode != 0:
         raise MeasureError(f"target exited {target.returncode}: {err[-800:]}\nbpftrace: {bt_err}")
-    return out, err, bt_out
+    return first + out, err, bt_out
 
 
 def count_program(lib: str, provider: str, probes: tuple[str, ...]) -> str:
@@ -113,16 +128,20 @@ def traced(py: Python, work: list[str], probe_set: str, timeout: float = 600) ->
     missing = [p for p in probes if p not in counts]
     if missing:
         raise MeasureError(f"bpftrace printed no count for {missing}: {bt_out[-500:]}")
+    times = _bench_times(out, err, " ".join(cmd))
+    # Hits of one repeat: bpftrace counted all of them (and a few around the workload).
     return {
-        "time": _bench_time(out, err, " ".join(cmd)),
-        "hits": sum(counts.values()),
+        "time": min(times),
+        "times": times,
+        "hits": sum(counts.values()) / len(times),
         "counts": counts,
     }
 
 
-def sdt_loop(binary: str, n: int, trace: bool) -> dict:
-    """The C reference loop: N semaphore-guarded probe sites, untraced or traced."""
-    cmd = [binary, str(n), *(["--wait"] if trace else [])]
+def sdt_loop(binary: str, n: int, repeat: int, trace: bool) -> dict:
+    """The C reference loop: N semaphore-guarded probe sites (the fastest of `repeat`
+    loops), untraced or traced; `hits` is what bpftrace counted over all loops."""
+    cmd = [binary, str(n), "--repeat", str(repeat), *(["--wait"] if trace else [])]
     target = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     hits = 0
     if trace:
@@ -130,10 +149,10 @@ def sdt_loop(binary: str, n: int, trace: bool) -> dict:
         hits = _counts(bt_out).get("tick", 0)
     else:
         out, err = target.communicate(timeout=300)
-    m = re.search(r"^LOOP_NS (\d+) (\d+)$", out, re.M)
+    m = re.search(r"^LOOP_NS (\d+) (\d+) (\d+)$", out, re.M)
     if target.returncode != 0 or not m:
         raise MeasureError(f"sdt_loop failed ({target.returncode}): {out} {err}")
-    return {"ns": int(m.group(1)), "n": int(m.group(2)), "hits": hits}
+    return {"ns": int(m.group(1)), "n": int(m.group(2)), "total": int(m.group(3)), "hits": hits}
 
 
 LATENCY_PROGRAM = (
@@ -145,7 +164,8 @@ LATENCY_PROGRAM = (
 
 def latency(py: Python, timeout: float = 30) -> dict:
     """Milliseconds from bpftrace's BEGIN (all probes attached) to the first PY_START,
-    for a target that is already running and calls a function every ~1 ms."""
+    for a target that is already running and calls a function every ~1 ms; also when
+    the target saw the semaphore set and the events enabled, relative to BEGIN."""
     assert BPFTRACE is not None
     target = subprocess.Popen(
         [py.exe, "-m", "pyusdt", LATENCY_TARGET, str(timeout)],
@@ -166,14 +186,22 @@ def latency(py: Python, timeout: float = 30) -> dict:
             timeout=timeout + 30,
             check=False,
         )
+        time.sleep(0.05)  # the target prints ATTACHED/ENABLED within a loop turn (1 ms)
     finally:
         target.kill()
-        target.communicate()
-    t0 = re.search(r"^T0 (\d+)$", bt.stdout, re.M)
-    t1 = re.search(r"^T1 (\d+)$", bt.stdout, re.M)
-    if not (t0 and t1):
+        out, _ = target.communicate()
+    stamps = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+) (\d+)$", out, re.M)}
+    stamps.update(
+        {m.group(1): int(m.group(2)) for m in re.finditer(r"^(T\d) (\d+)$", bt.stdout, re.M)}
+    )
+    if not ("T0" in stamps and "T1" in stamps):
         raise MeasureError(f"no first event within {timeout} s: {bt.stdout} {bt.stderr}")
-    return {"ms": (int(t1.group(1)) - int(t0.group(1))) / 1e6}
+    t0 = stamps["T0"]
+    sample = {"ms": (stamps["T1"] - t0) / 1e6}
+    for key in ("ATTACHED", "ENABLED"):
+        if key in stamps:
+            sample[key.lower() + "_ms"] = (stamps[key] - t0) / 1e6
+    return sample
 
 
 RSS_CODE = """\

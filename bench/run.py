@@ -12,7 +12,8 @@ Figures (per Python version; 3.12, plus 3.13 when `matrix/provision --list` has 
                         are bpftrace's count(), the uprobe cost per hit comes from
                         bench/sdt_loop.c traced vs untraced with the same action
   3 ours vs original    traced time, ours / pyusdt 0.1.1 (cp312 wheel; sdist elsewhere)
-  4 attach latency      bpftrace BEGIN -> first PY_START, default 100 ms poll (p50, max)
+  4 attach latency      probe attached (semaphore set, as the target sees it) -> first
+                        PY_START seen by bpftrace, default 100 ms poll (p50, max)
   5 3.13t scaling       traced throughput of 2 threads / 1 thread (same work per thread)
   6 import RSS          VmRSS added by `import pyusdt`
 Needs root and bpftrace for 2-5 (they are skipped with a note otherwise). A benchmark,
@@ -42,20 +43,27 @@ from envs import EnvError, Python, log  # noqa: E402
 from measure import MeasureError  # noqa: E402
 
 # Workload sizes: "large" for the untraced overhead (long enough for 2 % to show),
-# "small" for traced runs (every event costs a uprobe trap).
+# "small" for traced runs (every event costs a uprobe trap). Each target process runs
+# its workload `*_repeat` times and reports the fastest (other load only adds time).
 SIZES = {
     "full": {
-        "large": {"fib": 30, "json": 150},
+        "large": {"fib": 27, "json": 40},
+        "large_repeat": 5,
         "small": {"fib": 22, "json": 5},
+        "small_repeat": 3,
         "threads": 21,
-        "sdt_n": 500_000,
+        "sdt_n": 300_000,
+        "sdt_repeat": 3,
         "latency_trials": 10,
     },
     "quick": {
-        "large": {"fib": 25, "json": 20},
+        "large": {"fib": 24, "json": 8},
+        "large_repeat": 2,
         "small": {"fib": 17, "json": 1},
+        "small_repeat": 1,
         "threads": 17,
         "sdt_n": 100_000,
+        "sdt_repeat": 1,
         "latency_trials": 3,
     },
 }
@@ -100,7 +108,7 @@ class Bench:
         self.errors: list[str] = []
         self.jobs: dict[str, object] = {}  # key -> callable returning a sample dict
         self.samples: dict[str, list[dict | None]] = defaultdict(list)
-        self.latency: dict[str, list[float]] = {}
+        self.latency: dict[str, list[dict]] = {}
         self.figures: list[dict] = []
         self.pythons: dict[str, dict[str, Python | None]] = {}
         self.sdt_binary: str | None = None
@@ -162,7 +170,7 @@ class Bench:
                 if not self.trace_problem:
                     n = str(self.size["threads"])
                     for t in ("1", "2"):
-                        w = ["fib", n, "--threads", t]
+                        w = ["fib", n, "--threads", t, "--repeat", str(self.size["small_repeat"])]
                         self.jobs[f"{version}/threads/untraced/{t}"] = lambda o=ours, w=w: (
                             measure.untraced(o, w, True)
                         )
@@ -172,8 +180,8 @@ class Bench:
                             )
                 continue
             for work in ("fib", "json"):
-                wl = [work, str(large[work])]
-                ws = [work, str(small[work])]
+                wl = [work, str(large[work]), "--repeat", str(self.size["large_repeat"])]
+                ws = [work, str(small[work]), "--repeat", str(self.size["small_repeat"])]
                 self.jobs[f"{version}/plain/large/{work}"] = lambda o=ours, w=wl: measure.untraced(
                     o, w, False
                 )
@@ -185,6 +193,11 @@ class Bench:
                 self.jobs[f"{version}/plain/small/{work}"] = lambda o=ours, w=ws: measure.untraced(
                     o, w, False
                 )
+                for ps, probes in measure.PROBE_SETS.items():
+                    mask = hex(sum(measure.EVENT_BIT[p] for p in probes))
+                    self.jobs[f"{version}/noop/{ps}/{work}"] = (
+                        lambda o=ours, w=[*ws, "--noop-events", mask]: measure.untraced(o, w, False)
+                    )
                 for who, p in (("ours", ours), ("orig", orig)):
                     if p is None:
                         continue
@@ -196,10 +209,10 @@ class Bench:
             if orig is not None:
                 self.jobs[f"{version}/rss/orig"] = lambda o=orig: measure.rss_added(o, "libpyusdt")
         if self.sdt_binary and not self.trace_problem and self.jobs:
-            n = self.size["sdt_n"]
+            n, k = self.size["sdt_n"], self.size["sdt_repeat"]
             b = self.sdt_binary
-            self.jobs["sdt/untraced"] = lambda: measure.sdt_loop(b, n, False)
-            self.jobs["sdt/traced"] = lambda: measure.sdt_loop(b, n, True)
+            self.jobs["sdt/untraced"] = lambda: measure.sdt_loop(b, n, k, False)
+            self.jobs["sdt/traced"] = lambda: measure.sdt_loop(b, n, k, True)
 
     # -- running -----------------------------------------------------------------------
     def run(self) -> None:
@@ -226,7 +239,7 @@ class Bench:
                 for i in range(trials):
                     progress(f"{version} attach latency {i + 1}/{trials}")
                     try:
-                        got.append(measure.latency(py["ours"])["ms"])
+                        got.append(measure.latency(py["ours"]))
                     except (MeasureError, subprocess.SubprocessError, OSError) as exc:
                         self.errors.append(f"{version} latency trial {i + 1}: {exc}")
                 progress(f"{version} attach latency: {len(got)} trials", True)
@@ -245,9 +258,11 @@ class Bench:
             self.samples.get("sdt/traced", []), self.samples.get("sdt/untraced", []), strict=True
         ):
             if t and u and t["hits"]:
-                if t["hits"] != t["n"]:
-                    self.errors.append(f"sdt loop: bpftrace counted {t['hits']} of {t['n']} hits")
-                out.append((t["ns"] - u["ns"]) / t["hits"])
+                if t["hits"] != t["total"]:
+                    self.errors.append(
+                        f"sdt loop: bpftrace counted {t['hits']} of {t['total']} hits"
+                    )
+                out.append((t["ns"] - u["ns"]) / t["n"])
             else:
                 out.append(None)
         return out
@@ -317,17 +332,30 @@ class Bench:
                 detail,
                 per_run=mib,
             )
-            lat = self.latency.get(version)
-            if lat:
-                p50 = statistics.median(lat)
+            trials = self.latency.get(version)
+            if trials:
+                # bpftrace 0.17 runs BEGIN before it attaches the usdt probes (their
+                # semaphores are set 10-50 ms later), so "attached" is when the target
+                # saw the semaphore set; BEGIN -> first event is shown as well.
+                lat = [t["ms"] - t["attached_ms"] for t in trials if "attached_ms" in t]
+                begin = [t["ms"] for t in trials]
+                react = median(
+                    [
+                        t["enabled_ms"] - t["attached_ms"]
+                        for t in trials
+                        if "enabled_ms" in t and "attached_ms" in t
+                    ]
+                )
                 self.figure(
                     "4 attach latency",
                     version,
-                    "BEGIN -> first PY_START, max",
-                    max(lat),
+                    "semaphore set -> first PY_START, max",
+                    max(lat) if lat else None,
                     "latency_max_ms",
                     "ms",
-                    f"p50 {p50:.1f} ms, min {min(lat):.1f} ms, n={len(lat)}",
+                    f"p50 {fmt_ms(median(lat))}, n={len(lat)}; semaphore -> events enabled "
+                    f"p50 {fmt_ms(react)}; BEGIN -> first event p50 {fmt_ms(median(begin))}, "
+                    f"max {fmt_ms(max(begin))}",
                     per_run=lat,
                 )
 
@@ -336,19 +364,20 @@ class Bench:
         ours = self.samples.get(f"{version}/ours/{ps}/{work}", [])
         if not ours:
             return
-        floors, per_hit = [], []
-        for s, p, c in zip(ours, plain, cost, strict=True):
-            if s and p and c:
-                floors.append(s["time"] / (p + s["hits"] * c * 1e-9))
-                per_hit.append((s["time"] - p) / s["hits"] * 1e9 if s["hits"] else None)
-            else:
-                floors.append(None)
-                per_hit.append(None)
+        noop = self.per_run(f"{version}/noop/{ps}/{work}", "time")
+        floors, per_hit, dispatch = [], [], []
+        for s, p, c, n in zip(ours, plain, cost, noop, strict=True):
+            ok = s and p and c and s["hits"]
+            floors.append(s["time"] / (p + s["hits"] * c * 1e-9) if ok else None)
+            per_hit.append((s["time"] - p) / s["hits"] * 1e9 if ok else None)
+            dispatch.append((n - p) / s["hits"] * 1e9 if ok and n else None)
         hits = median([s["hits"] if s else None for s in ours])
         hits_txt = f"{hits:,.0f}" if hits is not None else "?"
+        u, h, d = median(cost), median(per_hit), median(dispatch)
+        rest = h - u - d if None not in (u, h, d) else None
         detail = (
-            f"{hits_txt} hits, {ns(median(per_hit))}/hit vs uprobe {ns(median(cost))}; "
-            f"traced {ms(median([s['time'] if s else None for s in ours]))}"
+            f"{hits_txt} hits; per hit {ns(h)} = uprobe {ns(u)} + CPython dispatch {ns(d)}"
+            f" + pyusdt {ns(rest)}; traced {ms(median([s['time'] if s else None for s in ours]))}"
         )
         self.figure(
             "2 traced/floor",
@@ -434,6 +463,10 @@ def progress(msg: str, done: bool = False) -> None:
         print(f"\r\033[Kbench: {msg}", end="\n" if done else "", file=sys.stderr, flush=True)
     elif done:
         log(msg)
+
+
+def fmt_ms(value: float | None) -> str:
+    return "?" if value is None else f"{value:.1f} ms"
 
 
 def ms(seconds: float | None) -> str:

@@ -13,8 +13,14 @@ options:
                       sys.monitoring tool has all the events of MASK enabled (a
                       tracer has attached and the probes' events are on), then
                       --settle more seconds (default 0.2) so every probe is attached.
+                      Prints READY first: the harness attaches its tracer after that.
   --threads T         run the workload in T threads at once (same work each);
                       the time is from starting the first to joining the last.
+  --repeat K          run it K times (default 1); BENCH_TIME is the fastest (other
+                      load only ever adds time), BENCH_TIMES lists them all.
+  --noop-events MASK  (plain python, for the breakdown) register a no-op C callable,
+                      "".format, for the events of MASK under a free tool id: what
+                      CPython's event dispatch alone costs, without any probe.
 """
 
 from __future__ import annotations
@@ -112,10 +118,35 @@ def wait_for_events(mask: int, timeout: float) -> bool:
     return False
 
 
+def noop_monitoring(mask: int) -> None:
+    mon = sys.monitoring
+    tool = next(t for t in (5, 4, 3) if mon.get_tool(t) is None)
+    mon.use_tool_id(tool, "bench-noop")
+    noop = "".format  # a C callable that accepts any arguments and returns ""
+    for bit in range(6):
+        if mask & (1 << bit):
+            mon.register_callback(tool, 1 << bit, noop)
+    mon.set_events(tool, mask)
+
+
+def run_once(work, size: int, threads: int | None) -> float:
+    if threads is None:
+        t0 = time.perf_counter()
+        work(size)
+        return time.perf_counter() - t0
+    workers = [threading.Thread(target=work, args=(size,)) for _ in range(threads)]
+    t0 = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return time.perf_counter() - t0
+
+
 def main(argv: list[str]) -> None:
     work, size = WORKS[argv[0]], int(argv[1])
     opts = argv[2:]
-    mask, settle, threads = 0, 0.2, 1
+    mask, settle, threads, repeat, noop = 0, 0.2, None, 1, 0
     while opts:
         opt, value, opts = opts[0], opts[1], opts[2:]
         if opt == "--wait-events":
@@ -124,25 +155,22 @@ def main(argv: list[str]) -> None:
             settle = float(value)
         elif opt == "--threads":
             threads = int(value)
+        elif opt == "--repeat":
+            repeat = int(value)
+        elif opt == "--noop-events":
+            noop = int(value, 0)
         else:
             sys.exit(f"workload: unknown option {opt}")
     if mask:
+        print("READY", flush=True)  # loaded: the tracer can attach now
         if not wait_for_events(mask, 60):
             sys.exit("workload: the tracer's events were not enabled within 60 s")
         time.sleep(settle)
-    if threads == 1 and "--threads" not in argv:
-        t0 = time.perf_counter()
-        work(size)
-        elapsed = time.perf_counter() - t0
-    else:
-        workers = [threading.Thread(target=work, args=(size,)) for _ in range(threads)]
-        t0 = time.perf_counter()
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-        elapsed = time.perf_counter() - t0
-    print(f"BENCH_TIME {elapsed:.9f}", flush=True)
+    if noop:
+        noop_monitoring(noop)
+    times = [run_once(work, size, threads) for _ in range(repeat)]
+    print(f"BENCH_TIME {min(times):.9f}", flush=True)
+    print("BENCH_TIMES " + " ".join(f"{t:.9f}" for t in times), flush=True)
 
 
 if __name__ == "__main__":
