@@ -1,6 +1,8 @@
 """Subinterpreter churn: 2 threads create an isolated subinterpreter, import
 pyusdt in it, run a little code and destroy it, NSUB times in all, while the
-test attaches and detaches tracers. Usage: interp_churn.py NSUB.
+test attaches and detaches tracers. Usage: interp_churn.py NSUB [--no-sub-wait]
+(--no-sub-wait: no subinterpreter waits for a tracer, for 3.13.0 where
+subinterpreters are not traced).
 
 Protocol on stdout/stdin: `ready` (pyusdt imported; waits for a first tracer),
 `churned N`, then after a `final` line on stdin: waits until no probe is
@@ -21,6 +23,7 @@ from interp_compat import Interp  # noqa: E402
 import pyusdt  # noqa: E402
 
 nsub = int(sys.argv[1])
+sub_wait = "--no-sub-wait" not in sys.argv[2:]
 # Every 25th subinterpreter waits for a tracer and fires `churn_marker` itself.
 CODE = f"""
 import sys
@@ -44,7 +47,8 @@ def churn(count, first, errors):
         try:
             s = Interp()
             try:
-                s.run(CODE.format(rounds_1=RESULT_1, iid=s.id, wait=(first + k) % 25 == 0))
+                wait = sub_wait and (first + k) % 25 == 0
+                s.run(CODE.format(rounds_1=RESULT_1, iid=s.id, wait=wait))
             finally:
                 s.close()
         except BaseException as e:  # noqa: BLE001
@@ -87,6 +91,6 @@ if not pyusdt.wait_for_tracer(60, ["PY_START"]):
     sys.exit("final tracer did not attach")
 churn_marker()
 s = Interp()
-s.run(CODE.format(rounds_1=RESULT_1, iid=s.id, wait=True))
+s.run(CODE.format(rounds_1=RESULT_1, iid=s.id, wait=sub_wait))
 s.close()
 print("done", pyusdt.status()["interpreter_id"], s.id, flush=True)

@@ -1,7 +1,8 @@
 """Runs the `wl_work` workload at once in the main interpreter and in N isolated
 subinterpreters, one thread each; every interpreter waits until the probes are
 enabled in itself before starting. Usage: interp_concurrent.py PROBES NSUB ROUNDS.
-Prints `ids ...` (all interpreter ids) and `result ID VALUE` per interpreter."""
+Prints `ids ...` (all interpreter ids, once pyusdt is loaded everywhere: attach
+then) and `result ID VALUE` per interpreter."""
 
 import os
 import sys
@@ -11,6 +12,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from interp_compat import Interp  # noqa: E402
+
+import pyusdt  # noqa: E402, F401  (maps the probes' library before the tracer comes)
 
 probes = sys.argv[1].split(",")
 nsub = int(sys.argv[2])
