@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import base_env, run_traced
+from conftest import base_env
+from gated import trace
 
 SCRIPTS = Path(__file__).parent / "scripts"
 WORKLOAD = SCRIPTS / "workload.py"
@@ -118,7 +119,7 @@ def test_all_probes_match_reference(bpftrace: str, workload: Path, tmp_path: Pat
     python = sys.executable
     ref_events, ref_stdout = reference(workload, tmp_path, python)
     probes = list(START_LIKE + VALUE_LIKE + ("LINE",))
-    t = run_traced(
+    t = trace(
         program(str(workload)),
         workload,
         probes,
