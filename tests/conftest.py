@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,6 +160,18 @@ def finish(proc: subprocess.Popen, timeout: float = 90) -> tuple[str, str]:
         raise AssertionError(f"{proc.args[:3]} hung\nstdout:{out}\nstderr:{err}") from None
 
 
+def wait_mapped(pid: int, lib: str = LIB, timeout: float = 30) -> None:
+    """Waits until process `pid` has mapped `lib` (i.e. imported pyusdt)."""
+    deadline = time.monotonic() + timeout
+    name = os.path.realpath(lib)
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/maps") as f:
+            if name in f.read():
+                return
+        time.sleep(0.002)
+    raise AssertionError(f"process {pid} did not load {name} within {timeout} s")
+
+
 def attach_bpftrace(pid: int, program: str) -> subprocess.Popen:
     """`bpftrace -p PID -e PROGRAM`, returned once all its probes are attached.
 
@@ -166,10 +179,12 @@ def attach_bpftrace(pid: int, program: str) -> subprocess.Popen:
     `wait_for_tracer` can return before the BPF program is in place (and a target that then
     exits at once makes the attach fail with ESRCH). bpftrace runs BEGIN only after
     attaching everything, so its READY line is the real "attached". bpftrace exits by
-    itself when PID exits; collect its output with `finish()`.
+    itself when PID exits; collect its output with `finish()`. It is started only once PID
+    has mapped the library (else bpftrace fails with "couldn't get argument 0").
     """
     need_bpftrace()
     assert BPFTRACE is not None
+    wait_mapped(pid)
     bt = subprocess.Popen(
         [BPFTRACE, "-p", str(pid), "-e", 'BEGIN { printf("READY\\n"); }' + bt_program(program)],
         stdout=subprocess.PIPE,
