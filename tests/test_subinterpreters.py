@@ -221,7 +221,9 @@ def test_churn_500_subinterpreters_under_toggling_tracer(bpftrace, workdir):
         lines = Lines(target.stdout)
         lines.expect("ready", 60)
         cycles, outputs = 0, []
+        deadline = time.monotonic() + 180  # a hang fails here, not in CI's timeout
         while not lines.has("churned") and target.poll() is None:
+            assert time.monotonic() < deadline, f"churn hangs: {lines.seen}"
             ok, out = bpftrace_cycle(target.pid, CHURN_PROGRAM, rng.uniform(0.15, 0.45))
             cycles += ok
             outputs.append(out)
