@@ -22,8 +22,10 @@ from conftest import BPFTRACE, LIB, Traced, base_env, bt_program, need_bpftrace
 
 READY = "@@pyusdt-gated-ready@@"
 
+# pkgutil: runpy.run_path imports it, which would be traced (and flood a trace of all
+# events) if done after the tracer attached.
 BOOTSTRAP = """\
-import runpy, sys
+import pkgutil, runpy, sys
 import pyusdt
 sys.stdin.readline()
 probes = [p for p in sys.argv[1].split(",") if p]
@@ -50,37 +52,47 @@ def wait_mapped(proc: subprocess.Popen[str], timeout: float = 60) -> None:
 
 
 def start_bpftrace(
-    pid: int, program: str, bt_env: dict[str, str] | None = None
-) -> subprocess.Popen[str]:
-    """`bpftrace -p PID`, returned once its BEGIN ran (all probes attached).
+    pid: int,
+    program: str,
+    bt_env: dict[str, str] | None = None,
+    ready: str | None = None,
+) -> tuple[subprocess.Popen[str], str]:
+    """`bpftrace -p PID`, returned once its BEGIN ran (all probes attached), with the
+    output it printed so far.
 
-    `program` says `usdt:PYUSDT:pyusdt:NAME`; the library path is filled in.
+    `program` says `usdt:PYUSDT:pyusdt:NAME`; the library path is filled in. bpftrace
+    allows one BEGIN: a program with its own passes `ready`, the line its BEGIN prints.
     """
     need_bpftrace()
     assert BPFTRACE is not None
+    text = bt_program(program)
+    if ready is None:
+        ready = READY
+        text = f'BEGIN {{ printf("{READY}\\n"); }}\n' + text
     bt = subprocess.Popen(
-        [
-            BPFTRACE,
-            "-p",
-            str(pid),
-            "-e",
-            f'BEGIN {{ printf("{READY}\\n"); }}\n' + bt_program(program),
-        ],
+        [BPFTRACE, "-p", str(pid), "-e", text],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, **(bt_env or {})},
     )
     assert bt.stdout is not None
-    while (line := bt.stdout.readline()) != READY + "\n":
+    early = []
+    while (line := bt.stdout.readline()) != ready + "\n":
         if not line:
             err = bt.communicate(timeout=60)[1]
             raise AssertionError(f"bpftrace did not attach to {pid}: {err}")
-    return bt
+        early.append(line)
+    if ready != READY:
+        early.append(line)
+    return bt, "".join(early)
 
 
-def collect(target: subprocess.Popen[str], bt: subprocess.Popen[str], timeout: float) -> Traced:
-    """Waits for the target, then for bpftrace (which exits with it)."""
+def collect(
+    target: subprocess.Popen[str], bt: subprocess.Popen[str], timeout: float, early: str = ""
+) -> Traced:
+    """Waits for the target, then for bpftrace (which exits with it); `early` is what
+    bpftrace printed before (from start_bpftrace)."""
     try:
         out, err = target.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -97,7 +109,7 @@ def collect(target: subprocess.Popen[str], bt: subprocess.Popen[str], timeout: f
         bt.kill()
         bt_out, bt_err = bt.communicate()
         raise AssertionError(f"bpftrace did not exit with its target: {bt_err}") from None
-    return Traced(bt_out, bt_err, bt.returncode, out, err, target.returncode)
+    return Traced(early + bt_out, bt_err, bt.returncode, out, err, target.returncode)
 
 
 def trace(
@@ -111,11 +123,13 @@ def trace(
     bt_env: dict[str, str] | None = None,
     python: str = sys.executable,
     timeout: float = 120,
+    ready: str | None = None,
 ) -> Traced:
     """Runs `script` as __main__ in a fresh `python`, traced by `program` from its first line.
 
     Like conftest.run_traced, but the script starts only after bpftrace's BEGIN ran and
-    `probes` are enabled, so not even the first events can be missed.
+    `probes` are enabled, so not even the first events can be missed. A program with
+    its own BEGIN passes `ready`, the line that BEGIN prints (see start_bpftrace).
     """
     need_bpftrace()
     target = subprocess.Popen(
@@ -129,7 +143,7 @@ def trace(
     )
     try:
         wait_mapped(target)
-        bt = start_bpftrace(target.pid, program, bt_env)
+        bt, early = start_bpftrace(target.pid, program, bt_env, ready)
     except BaseException:
         target.kill()
         target.communicate()
@@ -138,4 +152,4 @@ def trace(
     target.stdin.write("go\n")
     target.stdin.close()
     target.stdin = None  # communicate() must not flush a closed stdin
-    return collect(target, bt, timeout)
+    return collect(target, bt, timeout, early)

@@ -43,7 +43,7 @@ def run(args: list[str], traced: bool, cwd: Path) -> Traced | subprocess.Complet
         return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     try:
         wait_mapped(proc)
-        bt = start_bpftrace(proc.pid, PROGRAM)
+        bt, early = start_bpftrace(proc.pid, PROGRAM)
     except BaseException:
         proc.kill()
         proc.communicate()
@@ -51,7 +51,7 @@ def run(args: list[str], traced: bool, cwd: Path) -> Traced | subprocess.Complet
     proc.stdin.write(f"go {','.join(PROBES)}\n")
     proc.stdin.close()
     proc.stdin = None
-    return collect(proc, bt, 120)
+    return collect(proc, bt, 120, early)
 
 
 def profile_rows(stdout: str) -> dict[str, int]:
