@@ -206,7 +206,7 @@ def build_sdt_loop(quiet: bool = False) -> tuple[str, str]:
         have_sdt = _has_sdt_header()
     flags = [] if have_sdt else ["-DBENCH_OWN_SDT"]
     proc = subprocess.run(
-        ["cc", "-O2", "-Wall", *flags, "-o", str(binary), str(src)],
+        ["cc", "-O2", "-Wall", "-pthread", *flags, "-o", str(binary), str(src)],
         capture_output=True,
         text=True,
         check=False,

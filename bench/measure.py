@@ -138,10 +138,12 @@ def traced(py: Python, work: list[str], probe_set: str, timeout: float = 600) ->
     }
 
 
-def sdt_loop(binary: str, n: int, repeat: int, trace: bool) -> dict:
+def sdt_loop(binary: str, n: int, repeat: int, trace: bool, threads: int = 1) -> dict:
     """The C reference loop: N semaphore-guarded probe sites (the fastest of `repeat`
-    loops), untraced or traced; `hits` is what bpftrace counted over all loops."""
-    cmd = [binary, str(n), "--repeat", str(repeat), *(["--wait"] if trace else [])]
+    loops; in each of `threads` threads), untraced or traced; `hits` is what bpftrace
+    counted over all loops."""
+    cmd = [binary, str(n), "--repeat", str(repeat), "--threads", str(threads)]
+    cmd += ["--wait"] if trace else []
     target = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     hits = 0
     if trace:

@@ -194,9 +194,16 @@ class Bench:
                     o, w, False
                 )
                 for ps, probes in measure.PROBE_SETS.items():
+                    # The breakdown: CPython's dispatch to a no-op C callable, and our
+                    # callbacks in full with the semaphores set but no uprobe (no trap).
                     mask = hex(sum(measure.EVENT_BIT[p] for p in probes))
-                    self.jobs[f"{version}/noop/{ps}/{work}"] = (
-                        lambda o=ours, w=[*ws, "--noop-events", mask]: measure.untraced(o, w, False)
+                    noop = [*ws, "--noop-events", mask]
+                    fake = [*ws, "--fake-attach", f"{ours.lib}={mask}", "--wait-events", mask]
+                    self.jobs[f"{version}/noop/{ps}/{work}"] = lambda o=ours, w=noop: (
+                        measure.untraced(o, w, False)
+                    )
+                    self.jobs[f"{version}/fake/{ps}/{work}"] = lambda o=ours, w=fake: (
+                        measure.untraced(o, w, True)
                     )
                 for who, p in (("ours", ours), ("orig", orig)):
                     if p is None:
@@ -213,6 +220,9 @@ class Bench:
             b = self.sdt_binary
             self.jobs["sdt/untraced"] = lambda: measure.sdt_loop(b, n, k, False)
             self.jobs["sdt/traced"] = lambda: measure.sdt_loop(b, n, k, True)
+            if any(v.endswith("t") for v in self.pythons):
+                # Do uprobe hits from 2 threads of one process scale (for figure 5)?
+                self.jobs["sdt/traced2"] = lambda: measure.sdt_loop(b, n, k, True, threads=2)
 
     # -- running -----------------------------------------------------------------------
     def run(self) -> None:
@@ -266,6 +276,13 @@ class Bench:
             else:
                 out.append(None)
         return out
+
+    def sdt_scaling(self) -> float | None:
+        """Throughput of traced uprobe hits in 2 threads / 1 thread (C loop)."""
+        one, two = self.samples.get("sdt/traced", []), self.samples.get("sdt/traced2", [])
+        return median(
+            [2 * a["ns"] / b["ns"] if a and b else None for a, b in zip(one, two, strict=False)]
+        )
 
     def figure(
         self,
@@ -365,19 +382,21 @@ class Bench:
         if not ours:
             return
         noop = self.per_run(f"{version}/noop/{ps}/{work}", "time")
-        floors, per_hit, dispatch = [], [], []
-        for s, p, c, n in zip(ours, plain, cost, noop, strict=True):
+        fake = self.per_run(f"{version}/fake/{ps}/{work}", "time")
+        floors, per_hit, dispatch, no_trap = [], [], [], []
+        for s, p, c, n, f in zip(ours, plain, cost, noop, fake, strict=True):
             ok = s and p and c and s["hits"]
             floors.append(s["time"] / (p + s["hits"] * c * 1e-9) if ok else None)
             per_hit.append((s["time"] - p) / s["hits"] * 1e9 if ok else None)
             dispatch.append((n - p) / s["hits"] * 1e9 if ok and n else None)
+            no_trap.append((f - p) / s["hits"] * 1e9 if ok and f else None)
         hits = median([s["hits"] if s else None for s in ours])
         hits_txt = f"{hits:,.0f}" if hits is not None else "?"
-        u, h, d = median(cost), median(per_hit), median(dispatch)
-        rest = h - u - d if None not in (u, h, d) else None
+        u, h, d, f = median(cost), median(per_hit), median(dispatch), median(no_trap)
+        traced = ms(median([s["time"] if s else None for s in ours]))
         detail = (
-            f"{hits_txt} hits; per hit {ns(h)} = uprobe {ns(u)} + CPython dispatch {ns(d)}"
-            f" + pyusdt {ns(rest)}; traced {ms(median([s['time'] if s else None for s in ours]))}"
+            f"{hits_txt} hits; per hit {ns(h)} vs uprobe {ns(u)}; untrapped: pyusdt callbacks"
+            f" {ns(f)}, no-op C callback {ns(d)}; traced {traced}"
         )
         self.figure(
             "2 traced/floor",
@@ -424,7 +443,10 @@ class Bench:
                 continue
             label = "PY_START" if mode == "start" else "all 6"
             u = self.untraced_scaling
-            detail = f"untraced 2T/1T {u[1]:.2f}x (machine's own scaling)" if u[1] else ""
+            detail = f"untraced 2T/1T {u[1]:.2f}x (the machine's own scaling)" if u[1] else ""
+            c = self.sdt_scaling()
+            if c is not None:
+                detail += f"; C uprobe loop 2T/1T {c:.2f}x"
             self.figure(
                 "5 3.13t threads",
                 version,

@@ -11,6 +11,8 @@
  *   --wait  poll (up to 60 s) until a tracer has set the semaphore, wait 0.2 s
  *           more (like bench/workload.py's --settle), then run.
  *   --repeat K  run the loop K times (default 1) and print the fastest.
+ *   --threads T run it in T threads at once (N hits each): whether uprobe hits
+ *               in one process scale across CPUs (for the 3.13t figure).
  * The first line printed ("PID n") tells the harness it may attach.
  *
  * With <sys/sdt.h> (Debian: systemtap-sdt-dev) the probe comes from
@@ -18,6 +20,7 @@
  * semaphore are written here with inline asm.
  */
 #define _GNU_SOURCE
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -77,23 +80,42 @@ static unsigned short semaphore(void)
     return *(volatile unsigned short *)&bench_tick_semaphore;
 }
 
+static const char name[] = "fib";
+static const char file[] = "/bench/workload.py";
+
+static void *loop(void *arg)
+{
+    long n = *(long *)arg;
+    for (long i = 0; i < n; i++) {
+        /* Like a pyusdt callback: check the semaphore, fire if attached. */
+        if (__builtin_expect(semaphore() != 0, 0))
+            TICK(name, file, 42, i, 0);
+        __asm__ __volatile__("" ::: "memory");
+    }
+    return NULL;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "usage: %s N [--wait]\n", argv[0]);
+        fprintf(stderr, "usage: %s N [--wait] [--repeat K] [--threads T]\n", argv[0]);
         return 2;
     }
     long n = atol(argv[1]);
     int wait = 0;
-    long repeat = 1;
+    long repeat = 1, threads = 1;
     for (int i = 2; i < argc; i++) {
         if (strcmp(argv[i], "--wait") == 0)
             wait = 1;
         else if (strcmp(argv[i], "--repeat") == 0 && i + 1 < argc)
             repeat = atol(argv[++i]);
+        else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc)
+            threads = atol(argv[++i]);
     }
-    static const char name[] = "fib";
-    static const char file[] = "/bench/workload.py";
+    if (threads < 1 || threads > 64) {
+        fprintf(stderr, "sdt_loop: --threads must be 1..64\n");
+        return 2;
+    }
 
     printf("PID %d\n", (int)getpid());
     fflush(stdout);
@@ -117,17 +139,20 @@ int main(int argc, char **argv)
     uint64_t best = UINT64_MAX;
     for (long r = 0; r < repeat; r++) {
         uint64_t t0 = now_ns();
-        for (long i = 0; i < n; i++) {
-            /* Like a pyusdt callback: check the semaphore, fire if attached. */
-            if (__builtin_expect(semaphore() != 0, 0))
-                TICK(name, file, 42, i, 0);
-            __asm__ __volatile__("" ::: "memory");
+        if (threads == 1) {
+            loop(&n);
+        } else {
+            pthread_t tid[64];
+            for (long t = 0; t < threads; t++)
+                pthread_create(&tid[t], NULL, loop, &n);
+            for (long t = 0; t < threads; t++)
+                pthread_join(tid[t], NULL);
         }
         uint64_t t = now_ns() - t0;
         if (t < best)
             best = t;
     }
     /* The fastest loop (interference only ever adds time), N, and the total hits. */
-    printf("LOOP_NS %llu %ld %ld\n", (unsigned long long)best, n, n * repeat);
+    printf("LOOP_NS %llu %ld %ld\n", (unsigned long long)best, n, n * repeat * threads);
     return 0;
 }
