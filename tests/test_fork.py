@@ -104,6 +104,13 @@ faulthandler.cancel_dump_traceback_later()
 """
 
 
+@pytest.mark.xfail(
+    sys.version_info >= (3, 13),
+    strict=True,
+    reason="BUG: CPython 3.13+ counts threads for this warning after the after_in_parent "
+    "fork hooks, and pyusdt restarts its watcher thread in that hook (src/watcher.rs "
+    "after_fork_parent): every fork of a process that imported pyusdt warns",
+)
 def test_fork_emits_no_multithreaded_warning(tmp_path):
     script = write(tmp_path / "warn.py", WARN_SCRIPT)
     for flags in ((), ("-W", "error::DeprecationWarning")):
@@ -268,7 +275,12 @@ print("THREADS", threads(), flush=True)
 def test_fork_fifty_times(tmp_path, mode):
     if mode == "traced":
         need_bpftrace()
-    target = start(write(tmp_path / "loop.py", LOOP_SCRIPT), mode)
+    # The 3.13+ fork warning (test above) is not this test's subject: keep stderr clean of it.
+    target = start(
+        write(tmp_path / "loop.py", LOOP_SCRIPT),
+        mode,
+        python_flags=("-W", "ignore:This process:DeprecationWarning"),
+    )
     bt = None
     try:
         parent = int(expect_line(target, "PARENT"))
