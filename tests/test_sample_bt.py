@@ -117,11 +117,14 @@ def test_pyusdt_trace_sample_bt(bpftrace: str, script: Path, tmp_path: Path) -> 
     """The command sample.bt's header documents."""
     exe = Path(sys.executable).parent / "pyusdt-trace"
     assert exe.exists(), exe
+    env = base_env(**BIG_BUFFERS)
+    # The program and bpftrace share stdout: let the program write its line in one go.
+    env.pop("PYTHONUNBUFFERED", None)
     proc = subprocess.run(
         [str(exe), str(SAMPLE), "--", str(script)],
         capture_output=True,
         text=True,
-        env=base_env(**BIG_BUFFERS),
+        env=env,
         cwd=tmp_path,
         timeout=120,
     )
