@@ -368,11 +368,30 @@ pub unsafe fn before_fork() {
 }
 
 /// After `fork()` in the parent: release the locks and restart the watcher.
+///
+/// CPython 3.13 counts the process's threads for its "process is
+/// multi-threaded" fork warning after the `after_in_parent` hooks, so on the
+/// process's main thread the restart is deferred to a pending call, which runs
+/// once `os.fork()` has returned. (Forking from another thread warns anyway:
+/// there are two threads already.)
 pub fn after_fork_parent() {
     FORK_GUARDS.with(|g| g.borrow_mut().take());
     if RESTART_AFTER_FORK.load(Ordering::Relaxed) {
-        start_or_kick();
+        // SAFETY: gettid/getpid have no preconditions; Py_AddPendingCall takes
+        // a plain C function and a null argument, from an attached thread.
+        let deferred = unsafe {
+            libc::gettid() == libc::getpid()
+                && ffi::Py_AddPendingCall(Some(restart_pending), ptr::null_mut()) == 0
+        };
+        if !deferred {
+            start_or_kick();
+        }
     }
+}
+
+extern "C" fn restart_pending(_arg: *mut c_void) -> c_int {
+    start_or_kick();
+    0
 }
 
 /// After `fork()` in the child: only the main interpreter survives; forget

@@ -104,13 +104,6 @@ faulthandler.cancel_dump_traceback_later()
 """
 
 
-@pytest.mark.xfail(
-    sys.version_info >= (3, 13),
-    strict=True,
-    reason="BUG: CPython 3.13+ counts threads for this warning after the after_in_parent "
-    "fork hooks, and pyusdt restarts its watcher thread in that hook (src/watcher.rs "
-    "after_fork_parent): every fork of a process that imported pyusdt warns",
-)
 def test_fork_emits_no_multithreaded_warning(tmp_path):
     script = write(tmp_path / "warn.py", WARN_SCRIPT)
     for flags in ((), ("-W", "error::DeprecationWarning")):
