@@ -8,8 +8,10 @@
 //! so the traced program never sees it. A `BaseException` that is not an
 //! `Exception` (KeyboardInterrupt from a signal handler, SystemExit) is left
 //! set for the caller to propagate: swallowing it would lose a Ctrl-C.
-//! Python code that runs inside our `repr()` call raises events of its own;
-//! those fire with `<re-entrant repr>` instead of calling `repr()` again.
+//! CPython raises no monitoring events while a callback runs, so Python code
+//! run by a `__repr__` is not traced; should a future CPython raise them, a
+//! per-thread guard makes those fire with `<re-entrant repr>` rather than
+//! recurse into `repr()` again.
 
 use std::cell::{Cell, RefCell};
 use std::ffi::c_char;
