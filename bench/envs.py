@@ -94,7 +94,13 @@ def _probe_lib(exe: str, module: str) -> str:
         code = "import pyusdt, sys; sys.stdout.write(pyusdt.lib_path())"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYUSDT_")}
     proc = subprocess.run(
-        [exe, "-c", code], capture_output=True, text=True, env=env, timeout=60, check=False
+        [exe, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+        cwd=_neutral_cwd(),
     )
     path = proc.stdout.strip()
     # (The original may crash at exit, so the exit status alone does not tell.)
@@ -175,6 +181,12 @@ def original(version: str, base: str) -> Python:
     return Python(f"{version} original", exe, _probe_lib(exe, "libpyusdt"))
 
 
+def _neutral_cwd() -> str:
+    """A cwd where `-c`/`-m` cannot pick up the repo's pyusdt/ source dir."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    return str(CACHE)
+
+
 def _free_threaded() -> bool:
     import sysconfig
 
@@ -183,7 +195,11 @@ def _free_threaded() -> bool:
 
 def _has_pyusdt(exe: str) -> bool:
     proc = subprocess.run(
-        [exe, "-c", "import pyusdt.libpyusdt"], capture_output=True, timeout=60, check=False
+        [exe, "-c", "import pyusdt.libpyusdt"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+        cwd=_neutral_cwd(),
     )
     return proc.returncode == 0
 

@@ -16,7 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from envs import Python
+from envs import CACHE, Python
 
 HERE = Path(__file__).resolve().parent
 WORKLOAD = str(HERE / "workload.py")
@@ -30,6 +30,13 @@ PROBE_SETS = {"start": ("PY_START",), "all": PROBES}
 
 class MeasureError(Exception):
     """A run that produced no measurement (the message has the target's output)."""
+
+
+def target_cwd() -> str:
+    """Where targets run: not the repo root, whose pyusdt/ source dir (without the
+    built extension) would shadow the installed package for `-m pyusdt`."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    return str(CACHE)
 
 
 def target_env() -> dict[str, str]:
@@ -51,7 +58,13 @@ def untraced(py: Python, work: list[str], via_pyusdt: bool) -> dict:
     The sample's time is the fastest repeat."""
     cmd = [py.exe, *(["-m", "pyusdt"] if via_pyusdt else []), WORKLOAD, *work]
     proc = subprocess.run(
-        cmd, capture_output=True, text=True, env=target_env(), timeout=600, check=False
+        cmd,
+        capture_output=True,
+        text=True,
+        env=target_env(),
+        cwd=target_cwd(),
+        timeout=600,
+        check=False,
     )
     if proc.returncode != 0:
         raise MeasureError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr[-800:]}")
@@ -121,7 +134,12 @@ def traced(py: Python, work: list[str], probe_set: str, timeout: float = 600) ->
     mask = sum(EVENT_BIT[p] for p in probes)
     cmd = [py.exe, "-m", "pyusdt", WORKLOAD, *work, "--wait-events", hex(mask)]
     target = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=target_env()
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=target_env(),
+        cwd=target_cwd(),
     )
     out, err, bt_out = _attach(target, count_program(py.lib, "pyusdt", probes), timeout)
     counts = _counts(bt_out)
@@ -144,7 +162,9 @@ def sdt_loop(binary: str, n: int, repeat: int, trace: bool, threads: int = 1) ->
     counted over all loops."""
     cmd = [binary, str(n), "--repeat", str(repeat), "--threads", str(threads)]
     cmd += ["--wait"] if trace else []
-    target = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    target = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=target_cwd()
+    )
     hits = 0
     if trace:
         out, err, bt_out = _attach(target, count_program(binary, "bench", ("tick",)), 300)
@@ -175,6 +195,7 @@ def latency(py: Python, timeout: float = 30) -> dict:
         stderr=subprocess.PIPE,
         text=True,
         env=target_env(),
+        cwd=target_cwd(),
     )
     try:
         assert target.stdout is not None
@@ -227,6 +248,7 @@ def rss_added(py: Python, module: str) -> dict:
         capture_output=True,
         text=True,
         env=target_env(),
+        cwd=target_cwd(),
         timeout=60,
         check=False,
     )
