@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent
 PROVISION = ROOT / "matrix" / "provision"
 REQUIRED = ("3.12", "3.13", "3.13t")
 OPTIONAL = ("3.14", "3.14t")
-BUILD_REQS = ("maturin>=1.7,<2", "pytest")
+BUILD_REQS = ("maturin>=1.7,<2", "pytest", "coverage")
 
 nox.options.reuse_existing_virtualenvs = False
 nox.options.error_on_missing_interpreters = True

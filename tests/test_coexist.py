@@ -16,10 +16,9 @@ import sys
 import textwrap
 from pathlib import Path
 
+import coverage  # noqa: F401  (fail, not skip, when missing: the nox sessions install it)
 import pytest
 from conftest import attach_bpftrace, base_env, finish, need_bpftrace
-
-coverage = pytest.importorskip("coverage")
 
 MEASURED = """\
 def measured_fn(x):
