@@ -26,7 +26,7 @@ CYCLES = 200
 MIB = 1024 * 1024
 
 LOAD_SCRIPT = """\
-import sys, threading
+import sys, threading, time
 import pyusdt
 
 stop = threading.Event()
@@ -45,6 +45,8 @@ def loop(ready):
     while not stop.is_set():
         work(i)
         i += 1
+        if i % 200 == 0:
+            time.sleep(0.001)  # leave some CPU to the kernel and the test (free-threaded)
 
 threads = []
 for _ in range(4):
