@@ -8,6 +8,7 @@
 //! statics are shared between interpreters. Built with
 //! `--cfg pyo3_disable_reference_pool` (see .cargo/config.toml).
 
+mod bounded;
 mod callbacks;
 mod code_info;
 mod config;

@@ -19,6 +19,7 @@ use std::ffi::c_char;
 use pyo3::ffi;
 use thread_local::ThreadLocal;
 
+use crate::bounded;
 use crate::config::REPR_MAX;
 
 /// Per-thread state of one interpreter (threads can switch interpreters, so
@@ -71,12 +72,7 @@ fn write_scratch<'a>(s: &'a Scratch, parts: &[&[u8]]) -> Repr<'a> {
 
 /// Cuts `bytes` (valid UTF-8) to fit `REPR_MAX` with "..." and a NUL.
 fn truncated<'a>(s: &'a Scratch, bytes: &[u8]) -> Repr<'a> {
-    let mut end = REPR_MAX - 4;
-    // Step back to a character boundary (continuation bytes are 0b10xxxxxx).
-    while end > 0 && (bytes[end] & 0xC0) == 0x80 {
-        end -= 1;
-    }
-    write_scratch(s, &[&bytes[..end], b"..."])
+    write_scratch(s, &[&bytes[..cut_point(bytes)], b"..."])
 }
 
 /// `repr(obj)` for a probe, or `None` when a non-`Exception` is raised and
@@ -88,6 +84,10 @@ pub unsafe fn bounded<'a>(scratch: &'a PerThread, obj: *mut ffi::PyObject) -> Op
     let s = scratch.get_or_default();
     if s.in_repr.get() {
         return Some(write_scratch(s, &[b"<re-entrant repr>"]));
+    }
+    // SAFETY: attached, `obj` valid (the caller's contract).
+    if unsafe { bounded::wants(obj, REPR_MAX) } {
+        return unsafe { bounded_repr(s, obj) };
     }
     s.in_repr.set(true);
     // SAFETY: attached, `obj` valid (the caller's contract).
@@ -112,6 +112,42 @@ pub unsafe fn bounded<'a>(scratch: &'a PerThread, obj: *mut ffi::PyObject) -> Op
         ffi::Py_DECREF(r);
         Some(out)
     }
+}
+
+/// A repr computed only up to the bound (see `bounded`), in the scratch buffer.
+unsafe fn bounded_repr(s: &Scratch, obj: *mut ffi::PyObject) -> Option<Repr<'_>> {
+    // The buffer is taken out while Python code runs, so that nothing can
+    // observe it borrowed; it goes back (with its capacity) either way.
+    let mut buf = std::mem::take(&mut *s.buf.borrow_mut());
+    buf.clear();
+    s.in_repr.set(true);
+    // SAFETY: attached, `obj` valid (the caller's contract).
+    let res = unsafe { bounded::repr_into(obj, &mut buf, REPR_MAX) };
+    s.in_repr.set(false);
+    if res.is_err() {
+        *s.buf.borrow_mut() = buf;
+        // SAFETY: attached with the error of `repr_into` set.
+        return unsafe { failed(s) };
+    }
+    if buf.len() >= REPR_MAX {
+        let end = cut_point(&buf);
+        buf.truncate(end);
+        buf.extend_from_slice(b"...");
+    }
+    buf.push(0);
+    *s.buf.borrow_mut() = buf;
+    Some(Repr::Scratch(s.buf.borrow()))
+}
+
+/// Where to cut UTF-8 `bytes` (longer than the bound) so that the text and
+/// "..." and a NUL fit in `REPR_MAX`: at a character boundary.
+fn cut_point(bytes: &[u8]) -> usize {
+    let mut end = REPR_MAX - 4;
+    // Step back to a character boundary (continuation bytes are 0b10xxxxxx).
+    while end > 0 && (bytes[end] & 0xC0) == 0x80 {
+        end -= 1;
+    }
+    end
 }
 
 /// The placeholder for a repr that raised; clears an `Exception`, keeps

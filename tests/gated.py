@@ -74,6 +74,8 @@ def start_bpftrace(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # str() of a pointer past a string's end can read bytes that are not UTF-8.
+        errors="surrogateescape",
         env={**os.environ, **(bt_env or {})},
     )
     assert bt.stdout is not None

@@ -1,0 +1,304 @@
+//! `repr()` computed only as far as the probes' bound: for values whose full
+//! repr can be large and whose format CPython fixes (exact `str` and `bytes`,
+//! and on GIL builds exact `list`, `tuple` and `dict`), produce the first
+//! bytes of exactly what `repr()` would return, and stop once past the bound.
+//! Everything else (subclasses, other types) goes through `PyObject_Repr`.
+//!
+//! Invariant: after `repr_into(obj, out, limit)`, either `out` ends with the
+//! whole of `repr(obj)`, or `out.len() >= limit` and its first `limit` bytes
+//! are those `repr()` would have produced.
+
+use std::ffi::c_char;
+
+use pyo3::ffi;
+
+/// Should `repr_into` handle this value (rather than a plain `PyObject_Repr`)?
+///
+/// # Safety
+/// Attached; `obj` is valid.
+pub unsafe fn wants(obj: *mut ffi::PyObject, limit: usize) -> bool {
+    // SAFETY: type checks and size reads on a valid object.
+    unsafe {
+        (ffi::PyUnicode_CheckExact(obj) != 0 && ffi::PyUnicode_GetLength(obj) as usize > limit)
+            || (ffi::PyBytes_CheckExact(obj) != 0 && ffi::PyBytes_Size(obj) as usize > limit)
+            || (cfg!(not(Py_GIL_DISABLED))
+                && (ffi::PyList_CheckExact(obj) != 0
+                    || ffi::PyTuple_CheckExact(obj) != 0
+                    || ffi::PyDict_CheckExact(obj) != 0))
+    }
+}
+
+/// Appends `repr(obj)` to `out`, stopping once `out.len() >= limit` (see the
+/// invariant above). `Err` leaves the Python error set.
+///
+/// # Safety
+/// Attached; `obj` is valid.
+pub unsafe fn repr_into(
+    obj: *mut ffi::PyObject,
+    out: &mut Vec<u8>,
+    limit: usize,
+) -> Result<(), ()> {
+    if out.len() >= limit {
+        return Ok(());
+    }
+    let room = limit - out.len();
+    // SAFETY: attached, `obj` valid (the caller's contract).
+    unsafe {
+        if ffi::PyUnicode_CheckExact(obj) != 0 && ffi::PyUnicode_GetLength(obj) as usize > room {
+            return str_prefix(obj, out, room);
+        }
+        if ffi::PyBytes_CheckExact(obj) != 0 && ffi::PyBytes_Size(obj) as usize > room {
+            return bytes_prefix(obj, out, room);
+        }
+        #[cfg(not(Py_GIL_DISABLED))]
+        {
+            if ffi::PyList_CheckExact(obj) != 0 {
+                return sequence(obj, out, limit, b'[', b']', false);
+            }
+            if ffi::PyTuple_CheckExact(obj) != 0 {
+                return sequence(obj, out, limit, b'(', b')', true);
+            }
+            if ffi::PyDict_CheckExact(obj) != 0 {
+                return dict(obj, out, limit);
+            }
+        }
+        append_repr(obj, out)
+    }
+}
+
+/// Appends the UTF-8 of `repr(obj)`.
+unsafe fn append_repr(obj: *mut ffi::PyObject, out: &mut Vec<u8>) -> Result<(), ()> {
+    // SAFETY: attached; the repr is released after copying.
+    unsafe {
+        let r = ffi::PyObject_Repr(obj);
+        if r.is_null() {
+            return Err(());
+        }
+        let res = append_utf8(r, out);
+        ffi::Py_DECREF(r);
+        res
+    }
+}
+
+unsafe fn append_utf8(s: *mut ffi::PyObject, out: &mut Vec<u8>) -> Result<(), ()> {
+    // SAFETY: attached; `s` is a str.
+    unsafe {
+        let mut len: ffi::Py_ssize_t = 0;
+        let p = ffi::PyUnicode_AsUTF8AndSize(s, &mut len);
+        if p.is_null() {
+            return Err(());
+        }
+        out.extend_from_slice(std::slice::from_raw_parts(p.cast::<u8>(), len as usize));
+        Ok(())
+    }
+}
+
+/// `repr()` picks its quote from the whole value (`"` if it holds `'` and no
+/// `"`), so the prefix is extended with the quote characters the whole value
+/// holds and the prefix lacks: its repr then picks the same quote, and starts
+/// with the same `1 + room` bytes or more as the whole value's repr.
+unsafe fn str_prefix(obj: *mut ffi::PyObject, out: &mut Vec<u8>, room: usize) -> Result<(), ()> {
+    // SAFETY: attached; `obj` is an exact str longer than `room`; every new
+    // object is checked and released.
+    unsafe {
+        let has = |s: *mut ffi::PyObject, ch: char| -> Result<bool, ()> {
+            let n = ffi::PyUnicode_GetLength(s);
+            match ffi::PyUnicode_FindChar(s, ch as u32, 0, n, 1) {
+                -2 => Err(()),
+                i => Ok(i >= 0),
+            }
+        };
+        let prefix = ffi::PyUnicode_Substring(obj, 0, room as ffi::Py_ssize_t);
+        if prefix.is_null() {
+            return Err(());
+        }
+        let mut extra = String::new();
+        for q in ['\'', '"'] {
+            match (has(obj, q), has(prefix, q)) {
+                (Ok(true), Ok(false)) => extra.push(q),
+                (Ok(_), Ok(_)) => {}
+                _ => {
+                    ffi::Py_DECREF(prefix);
+                    return Err(());
+                }
+            }
+        }
+        let target = if extra.is_empty() {
+            prefix
+        } else {
+            let tail =
+                ffi::PyUnicode_FromStringAndSize(extra.as_ptr().cast::<c_char>(), extra.len() as _);
+            let joined = if tail.is_null() {
+                tail
+            } else {
+                ffi::PyUnicode_Concat(prefix, tail)
+            };
+            ffi::Py_XDECREF(tail);
+            ffi::Py_DECREF(prefix);
+            if joined.is_null() {
+                return Err(());
+            }
+            joined
+        };
+        let res = append_repr(target, out);
+        ffi::Py_DECREF(target);
+        res
+    }
+}
+
+/// As `str_prefix`, for bytes (same quote rule).
+unsafe fn bytes_prefix(obj: *mut ffi::PyObject, out: &mut Vec<u8>, room: usize) -> Result<(), ()> {
+    // SAFETY: attached; `obj` is an exact bytes object longer than `room`.
+    unsafe {
+        let mut p: *mut c_char = std::ptr::null_mut();
+        let mut n: ffi::Py_ssize_t = 0;
+        if ffi::PyBytes_AsStringAndSize(obj, &mut p, &mut n) < 0 {
+            return Err(());
+        }
+        let all = std::slice::from_raw_parts(p.cast::<u8>(), n as usize);
+        let mut prefix = all[..room].to_vec();
+        for q in [b'\'', b'"'] {
+            if all.contains(&q) && !prefix.contains(&q) {
+                prefix.push(q);
+            }
+        }
+        let target =
+            ffi::PyBytes_FromStringAndSize(prefix.as_ptr().cast::<c_char>(), prefix.len() as _);
+        if target.is_null() {
+            return Err(());
+        }
+        let res = append_repr(target, out);
+        ffi::Py_DECREF(target);
+        res
+    }
+}
+
+/// Enters a container's repr like CPython does: recursion limit, and
+/// `Py_ReprEnter` for self-reference (`[...]`). `Ok(false)`: already inside.
+unsafe fn enter(obj: *mut ffi::PyObject) -> Result<bool, ()> {
+    // SAFETY: attached; `obj` valid.
+    unsafe {
+        if ffi::Py_EnterRecursiveCall(c" while getting the repr of an object".as_ptr()) != 0 {
+            return Err(());
+        }
+        match ffi::Py_ReprEnter(obj) {
+            0 => Ok(true),
+            r => {
+                ffi::Py_LeaveRecursiveCall();
+                if r > 0 {
+                    Ok(false)
+                } else {
+                    Err(())
+                }
+            }
+        }
+    }
+}
+
+unsafe fn leave(obj: *mut ffi::PyObject) {
+    // SAFETY: pairs a successful `enter`.
+    unsafe {
+        ffi::Py_ReprLeave(obj);
+        ffi::Py_LeaveRecursiveCall();
+    }
+}
+
+#[cfg(not(Py_GIL_DISABLED))]
+unsafe fn sequence(
+    obj: *mut ffi::PyObject,
+    out: &mut Vec<u8>,
+    limit: usize,
+    open: u8,
+    close: u8,
+    is_tuple: bool,
+) -> Result<(), ()> {
+    // SAFETY: attached; the container is re-measured on every step (a
+    // `__repr__` may change a list) and each item is held while in use.
+    unsafe {
+        if ffi::Py_SIZE(obj) == 0 {
+            out.extend_from_slice(&[open, close]);
+            return Ok(());
+        }
+        if !enter(obj)? {
+            out.extend_from_slice(&[open, b'.', b'.', b'.', close]);
+            return Ok(());
+        }
+        out.push(open);
+        let mut i: ffi::Py_ssize_t = 0;
+        let mut res = Ok(());
+        while i < ffi::Py_SIZE(obj) && out.len() < limit {
+            if i > 0 {
+                out.extend_from_slice(b", ");
+            }
+            let item = if is_tuple {
+                ffi::PyTuple_GetItem(obj, i)
+            } else {
+                ffi::PyList_GetItem(obj, i)
+            };
+            if item.is_null() {
+                res = Err(());
+                break;
+            }
+            ffi::Py_INCREF(item);
+            res = repr_into(item, out, limit);
+            ffi::Py_DECREF(item);
+            if res.is_err() {
+                break;
+            }
+            i += 1;
+        }
+        if res.is_ok() && out.len() < limit {
+            if is_tuple && i == 1 {
+                out.push(b',');
+            }
+            out.push(close);
+        }
+        leave(obj);
+        res
+    }
+}
+
+#[cfg(not(Py_GIL_DISABLED))]
+unsafe fn dict(obj: *mut ffi::PyObject, out: &mut Vec<u8>, limit: usize) -> Result<(), ()> {
+    // SAFETY: attached; keys and values are held while their reprs run, and
+    // `PyDict_Next` tolerates a dict changed meanwhile, as in CPython's own.
+    unsafe {
+        if ffi::PyDict_Size(obj) == 0 {
+            out.extend_from_slice(b"{}");
+            return Ok(());
+        }
+        if !enter(obj)? {
+            out.extend_from_slice(b"{...}");
+            return Ok(());
+        }
+        out.push(b'{');
+        let mut pos: ffi::Py_ssize_t = 0;
+        let mut key = std::ptr::null_mut();
+        let mut value = std::ptr::null_mut();
+        let mut first = true;
+        let mut res = Ok(());
+        while out.len() < limit && ffi::PyDict_Next(obj, &mut pos, &mut key, &mut value) != 0 {
+            if !first {
+                out.extend_from_slice(b", ");
+            }
+            first = false;
+            ffi::Py_INCREF(key);
+            ffi::Py_INCREF(value);
+            res = repr_into(key, out, limit);
+            if res.is_ok() && out.len() < limit {
+                out.extend_from_slice(b": ");
+                res = repr_into(value, out, limit);
+            }
+            ffi::Py_DECREF(key);
+            ffi::Py_DECREF(value);
+            if res.is_err() {
+                break;
+            }
+        }
+        if res.is_ok() && out.len() < limit {
+            out.push(b'}');
+        }
+        leave(obj);
+        res
+    }
+}

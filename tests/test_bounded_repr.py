@@ -1,0 +1,79 @@
+"""The bounded repr of values: what bpftrace reads for PY_RETURN equals Python's own
+`repr()`, whole when it fits in 1023 bytes, else cut at a character boundary with "..."."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from conftest import base_env
+from gated import trace
+
+SCRIPT = Path(__file__).parent / "scripts" / "bounded_values.py"
+REPR_MAX = 1024
+CHUNK = 127  # bpftrace reads CHUNK bytes per str() with BPFTRACE_STRLEN=128
+CHUNKS = REPR_MAX // CHUNK + 1
+
+
+def expected(v: object) -> bytes:
+    """What the probe should carry for `v` (without the NUL)."""
+    try:
+        full = repr(v).encode()
+    except Exception as exc:
+        return f"<repr failed: {type(exc).__name__}>".encode()
+    if len(full) < REPR_MAX:
+        return full
+    end = REPR_MAX - 4
+    while end > 0 and (full[end] & 0xC0) == 0x80:
+        end -= 1
+    return full[:end] + b"..."
+
+
+def test_bounded_reprs_match_python(tmp_path):
+    d = Path(tempfile.mkdtemp(prefix="pyusdt-", dir="/tmp"))
+    try:
+        script = d / "bv.py"
+        shutil.copy(SCRIPT, script)
+        reads = " ".join(
+            f'printf("%lu\\t{i}\\t%s\\n", $t, str(arg4 + {i * CHUNK}));' for i in range(CHUNKS)
+        )
+        program = (
+            f'usdt:PYUSDT:pyusdt:PY_RETURN /str(arg0) == "ret" && str(arg1) == "{script}"/ '
+            f"{{ $t = nsecs; {reads} }}"
+        )
+        t = trace(
+            program,
+            script,
+            ["PY_RETURN"],
+            cwd=tmp_path,
+            env=base_env(),
+            bt_env={"BPFTRACE_STRLEN": "128"},
+        )
+        assert t.returncode == 0, t.stderr
+        assert t.stderr == ""
+        chunks: dict[int, dict[int, bytes]] = {}
+        for ln in t.output.encode("utf-8", "surrogateescape").split(b"\n"):
+            f = ln.split(b"\t", 2)
+            if len(f) == 3 and f[0].isdigit():
+                chunks.setdefault(int(f[0]), {})[int(f[1])] = f[2]
+        seen = []
+        for _, parts in sorted(chunks.items()):
+            text = b""
+            for i in range(CHUNKS):
+                text += parts[i]
+                if len(parts[i]) < CHUNK:
+                    break
+            seen.append(text)
+        sys.path.insert(0, str(d))
+        try:
+            import bv  # noqa: PLC0415  (the values, built the same way as in the target)
+        finally:
+            sys.path.remove(str(d))
+        want = [expected(v) for v in bv.VALUES]
+        assert len(seen) == len(want), (len(seen), t.output[:2000], t.bt_stderr)
+        for i, (got, exp) in enumerate(zip(seen, want, strict=True)):
+            assert got == exp, (i, got[:200], exp[:200], len(got), len(exp))
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
