@@ -30,9 +30,11 @@ def wait_for_tracer(timeout: float, probes: Iterable[str] | None = None) -> bool
     """Block until a tracer is attached and its events are enabled in this interpreter.
 
     With `probes` (names such as "PY_START"), wait until all of them are enabled;
-    without, until at least one is and the set of attached probes has stopped
-    changing (a tracer attaches its probes one after another). Returns True once
-    that holds, False if `timeout` seconds pass first.
+    without, until at least one is. Either way, then until the set of attached
+    probes has stopped changing for a moment: a tracer attaches its probes one
+    after another, and the kernel raises a probe's semaphore just before the
+    tracer's program is in place. Returns True once that holds, False if
+    `timeout` seconds pass first.
     """
     wanted = {p.upper() for p in probes} if probes is not None else None
     if wanted is not None and not wanted <= set(PROBES):
@@ -43,10 +45,7 @@ def wait_for_tracer(timeout: float, probes: Iterable[str] | None = None) -> bool
     while True:
         st = status()
         enabled = set(st["enabled"])
-        if wanted is not None:
-            if wanted <= enabled:
-                return True
-        elif enabled:
+        if (wanted <= enabled) if wanted is not None else bool(enabled):
             now = time.monotonic()
             if st["attached"] != last or enabled != set(st["attached"]):
                 last, stable_since = st["attached"], now
