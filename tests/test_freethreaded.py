@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import LIB, base_env
-from test_subinterpreters import SCRIPTS, Lines, start_bpftrace, stop
+from test_subinterpreters import SCRIPTS, Lines, Tracer, stop
 
 if str(SCRIPTS) not in sys.path:
     sys.path.insert(0, str(SCRIPTS))
@@ -65,11 +65,11 @@ def start(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen:
 
 
 def finish(
-    target: subprocess.Popen, out: Lines, bt: subprocess.Popen
+    target: subprocess.Popen, out: Lines, tracer: Tracer
 ) -> tuple[dict[int, int], dict[int, Counter]]:
     """Waits for the target and its tracer: ({thread id: iterations}, counts per thread)."""
     target.wait(120)
-    bt_out, bt_err = bt.communicate(timeout=30)
+    bt_out, bt_err = tracer.finish()
     stderr = target.stderr.read() if target.stderr else ""
     text = out.all()
     assert target.returncode == 0, f"{text}\n{stderr}\n{bt_err}"
@@ -88,8 +88,9 @@ def traced_threads(probes: list[str], nthreads: int, iterations: int, cwd: Path)
     try:
         out = Lines(target.stdout)
         out.expect("loaded", 60)  # the library is mapped: attach now
-        bt = start_bpftrace(target.pid, count_program(probes))
-        return finish(target, out, bt)
+        tracer = Tracer(target, count_program(probes))
+        bt = tracer.bt
+        return finish(target, out, tracer)
     finally:
         stop(target)
         stop(bt)
@@ -156,7 +157,8 @@ def test_200_attach_detach_cycles_while_4_threads_run(bpftrace, workdir):
         out = Lines(target.stdout)
         err = Lines(target.stderr)
         out.expect("loaded", 60)
-        bt = start_bpftrace(target.pid, count_program(STEADY))
+        tracer = Tracer(target, count_program(STEADY))
+        bt = tracer.bt
         out.expect("started", 60)
         sems = Semaphores(target.pid, LIB)
         pos = 0
@@ -175,7 +177,7 @@ def test_200_attach_detach_cycles_while_4_threads_run(bpftrace, workdir):
         assert target.stdin is not None
         target.stdin.write("stop\n")
         target.stdin.flush()
-        iters, per = finish(target, out, bt)
+        iters, per = finish(target, out, tracer)
     finally:
         stop(target)
         stop(bt)

@@ -2,7 +2,7 @@
 The main interpreter and one subinterpreter import pyusdt; once the tracer's
 PY_START is enabled in main, both run the `wl_*` workload for a while
 (repeatedly, so a wrongly traced subinterpreter would show events). Prints
-`loaded SUB_ID` before waiting, `sub-enabled [...]` at the end."""
+`loaded SUB_ID`, then waits for `go` on stdin, `sub-enabled [...]` at the end."""
 
 import os
 import sys
@@ -18,6 +18,8 @@ import pyusdt  # noqa: E402
 s = Interp()
 s.run(f"import sys; sys.path.insert(0, {HERE!r}); import pyusdt, interp_workload, time")
 print("loaded", s.id, flush=True)
+if sys.stdin.readline().strip() != "go":  # the tracer attached all its probes
+    sys.exit("no go line")
 if not pyusdt.wait_for_tracer(60, ["PY_START"]):
     sys.exit("tracer did not attach")
 interp_workload.wl_work(1)

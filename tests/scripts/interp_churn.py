@@ -1,12 +1,13 @@
 """Subinterpreter churn: 2 threads create an isolated subinterpreter, import
-pyusdt in it, run a little code and destroy it, NSUB times in all, while the
-test attaches and detaches tracers. Usage: interp_churn.py NSUB [--no-sub-wait]
-(--no-sub-wait: no subinterpreter waits for a tracer, for 3.13.0 where
-subinterpreters are not traced).
+pyusdt in it, run a little code and destroy it, at least NSUB times in all,
+while the test attaches and detaches tracers. Usage: interp_churn.py NSUB
+[--no-sub-wait] (--no-sub-wait: no subinterpreter waits for a tracer, for
+3.13.0 where subinterpreters are not traced).
 
 Protocol on stdout/stdin: `ready` (pyusdt imported; waits for a first tracer),
-`churned N`, then after a `final` line on stdin: waits until no probe is
-enabled, prints `waiting`, waits for PY_START, calls `churn_marker` in the main
+`reached NSUB` (churn goes on until a `stop` line on stdin), `churned TOTAL`,
+then after a `final` line: waits until no probe is enabled, prints `waiting`,
+waits for a `go` line and PY_START, calls `churn_marker` in the main
 interpreter and in a fresh subinterpreter, prints `done MAIN_ID SUB_ID`."""
 
 import os
@@ -36,23 +37,36 @@ def churn_marker():
 assert interp_workload.wl_work(1) == {{rounds_1}}
 assert pyusdt.status()["interpreter_id"] == {{iid}}
 if {{wait}}:
-    if pyusdt.wait_for_tracer(60, ["PY_START"]):
+    if pyusdt.wait_for_tracer({{wait_s}}, ["PY_START"]):
         churn_marker()
 """
 RESULT_1 = interp_workload.wl_work(1)
 
 
-def churn(count, first, errors):
-    for k in range(count):
+stop = threading.Event()
+errors = []
+done = [0, 0]
+reached = [threading.Event(), threading.Event()]
+
+
+def churn(me, minimum):
+    k = 0
+    while k < minimum or not stop.is_set():
         try:
             s = Interp()
             try:
-                wait = sub_wait and (first + k) % 25 == 0
-                s.run(CODE.format(rounds_1=RESULT_1, iid=s.id, wait=wait))
+                # Every 25th waits (briefly: the test may be between tracers).
+                wait = sub_wait and k % 25 == 0
+                s.run(CODE.format(rounds_1=RESULT_1, iid=s.id, wait=wait, wait_s=5))
             finally:
                 s.close()
         except BaseException as e:  # noqa: BLE001
             errors.append(repr(e))
+            break
+        k += 1
+        done[me] = k
+        if k == minimum:
+            reached[me].set()
 
 
 def churn_marker():
@@ -62,19 +76,26 @@ def churn_marker():
 print("ready", flush=True)
 if not pyusdt.wait_for_tracer(60):
     sys.exit("no first tracer")
-errors = []
 half = nsub // 2
 threads = [
-    threading.Thread(target=churn, args=(half, 0, errors)),
-    threading.Thread(target=churn, args=(nsub - half, half, errors)),
+    threading.Thread(target=churn, args=(0, half)),
+    threading.Thread(target=churn, args=(1, nsub - half)),
 ]
 for t in threads:
     t.start()
+for ev, t in zip(reached, threads, strict=True):
+    while not ev.wait(0.1) and t.is_alive():
+        pass
+if not errors:
+    print("reached", nsub, flush=True)
+    if sys.stdin.readline().strip() != "stop":
+        errors.append("no stop line")
+stop.set()
 for t in threads:
     t.join()
 if errors:
     sys.exit("\n".join(errors[:5]))
-print("churned", nsub, flush=True)
+print("churned", sum(done), flush=True)
 
 if sys.stdin.readline().strip() != "final":
     sys.exit("no final line")
@@ -87,10 +108,12 @@ for _ in range(6000):
 else:
     sys.exit(f"probes stayed enabled: {pyusdt.status()}")
 print("waiting", flush=True)
+if sys.stdin.readline().strip() != "go":  # the final tracer attached all its probes
+    sys.exit("no go line")
 if not pyusdt.wait_for_tracer(60, ["PY_START"]):
     sys.exit("final tracer did not attach")
 churn_marker()
 s = Interp()
-s.run(CODE.format(rounds_1=RESULT_1, iid=s.id, wait=sub_wait))
+s.run(CODE.format(rounds_1=RESULT_1, iid=s.id, wait=sub_wait, wait_s=60))
 s.close()
 print("done", pyusdt.status()["interpreter_id"], s.id, flush=True)

@@ -2,7 +2,7 @@
 subinterpreters, one thread each; every interpreter waits until the probes are
 enabled in itself before starting. Usage: interp_concurrent.py PROBES NSUB ROUNDS.
 Prints `ids ...` (all interpreter ids, once pyusdt is loaded everywhere: attach
-then) and `result ID VALUE` per interpreter."""
+then), waits for a `go` line on stdin, prints `result ID VALUE` per interpreter."""
 
 import os
 import sys
@@ -37,6 +37,9 @@ for s in subs:
     # Import (and register with the watcher) before the tracer comes.
     s.run(f"import sys; sys.path.insert(0, {HERE!r}); import pyusdt, interp_workload")
 print("ids", 0, *(s.id for s in subs), flush=True)
+# The test answers `go` once its tracer has attached all its probes.
+if sys.stdin.readline().strip() != "go":
+    sys.exit("no go line")
 
 errors = []
 

@@ -2,9 +2,10 @@
 Usage: interp_ft_threads.py PROBES NTHREADS ITERATIONS|until-stop EXPECTED
 (EXPECTED: the result of `wl_work(1)`, checked by every iteration).
 
-Imports pyusdt, prints `loaded`, waits until PROBES are enabled, then starts
-the threads together. With a number, each thread runs that many iterations;
-with `until-stop`, until a `stop` line arrives on stdin. Prints per thread
+Imports pyusdt, prints `loaded`, waits for a `go` line on stdin and until
+PROBES are enabled, then starts the threads together. With a number, each
+thread runs that many iterations; with `until-stop`, until a `stop` line
+arrives on stdin. Prints per thread
 `thread NATIVE_ID ITERATIONS`, checks every result, and `gil False|True`."""
 
 import os
@@ -25,6 +26,9 @@ iterations = 0 if until_stop else int(sys.argv[3])
 expected = int(sys.argv[4])
 
 print("loaded", flush=True)
+# The test answers `go` once its tracer has attached all its probes.
+if sys.stdin.readline().strip() != "go":
+    sys.exit("no go line")
 stop = threading.Event()
 start = threading.Barrier(nthreads)
 errors = []
