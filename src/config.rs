@@ -1,16 +1,20 @@
 //! Process-wide configuration from the environment (`PYUSDT_CHECK_MSEC`,
-//! `PYUSDT_VERBOSE`) and the verbose log, written straight to fd 2.
+//! `PYUSDT_REPR_MAX`, `PYUSDT_VERBOSE`) and the verbose log, written straight to fd 2.
 
 use std::sync::OnceLock;
 
 pub const DEFAULT_CHECK_MSEC: u64 = 100;
 pub const MAX_CHECK_MSEC: u64 = 10_000;
-/// Bound, in bytes and including the terminating NUL, of a value or callable
-/// repr passed to a probe. Longer reprs are cut at a UTF-8 boundary and end in "...".
-pub const REPR_MAX: usize = 1024;
+/// Default bound, in bytes and including the terminating NUL, of a value or
+/// callable repr passed to a probe (`PYUSDT_REPR_MAX`). Longer reprs are cut at
+/// a UTF-8 boundary and end in "...". bpftrace 0.17's `str()` reads at most 200.
+pub const DEFAULT_REPR_MAX: usize = 256;
+pub const MIN_REPR_MAX: usize = 16;
+pub const MAX_REPR_MAX: usize = 65_536;
 
 pub struct Config {
     pub check_msec: u64,
+    pub repr_max: usize,
     pub verbose: bool,
 }
 
@@ -25,26 +29,45 @@ pub fn get() -> &'static Config {
             ),
             Err(_) => false,
         };
-        let check_msec = match std::env::var("PYUSDT_CHECK_MSEC") {
-            Err(_) => DEFAULT_CHECK_MSEC,
-            Ok(raw) => match raw.trim().parse::<u64>() {
-                Ok(v) if (1..=MAX_CHECK_MSEC).contains(&v) => v,
-                _ => {
-                    if verbose {
-                        write_stderr(&format!(
-                            "pyusdt: PYUSDT_CHECK_MSEC={raw:?} is not a whole number from 1 to \
-                             {MAX_CHECK_MSEC}; using {DEFAULT_CHECK_MSEC}\n"
-                        ));
-                    }
-                    DEFAULT_CHECK_MSEC
-                }
-            },
-        };
+        let check_msec = setting(
+            "PYUSDT_CHECK_MSEC",
+            1,
+            MAX_CHECK_MSEC,
+            DEFAULT_CHECK_MSEC,
+            verbose,
+        );
+        let repr_max = setting(
+            "PYUSDT_REPR_MAX",
+            MIN_REPR_MAX as u64,
+            MAX_REPR_MAX as u64,
+            DEFAULT_REPR_MAX as u64,
+            verbose,
+        ) as usize;
         Config {
             check_msec,
+            repr_max,
             verbose,
         }
     })
+}
+
+/// A whole number from the environment within `min..=max`; otherwise (one
+/// verbose line) the default.
+fn setting(name: &str, min: u64, max: u64, default: u64, verbose: bool) -> u64 {
+    let Ok(raw) = std::env::var(name) else {
+        return default;
+    };
+    match raw.trim().parse::<u64>() {
+        Ok(v) if (min..=max).contains(&v) => v,
+        _ => {
+            if verbose {
+                write_stderr(&format!(
+                    "pyusdt: {name}={raw:?} is not a whole number from {min} to {max}; using {default}\n"
+                ));
+            }
+            default
+        }
+    }
 }
 
 /// Log one line to stderr when `PYUSDT_VERBOSE` is on.

@@ -247,7 +247,7 @@ unsafe fn exec_inner(module: *mut ffi::PyObject) -> Result<(), ()> {
         if ffi::PyModule_AddStringConstant(module, c"__version__".as_ptr(), VERSION.as_ptr()) < 0 {
             return Err(());
         }
-        let repr_max = ffi::PyLong_FromSize_t(config::REPR_MAX);
+        let repr_max = ffi::PyLong_FromSize_t(config::get().repr_max);
         if ffi::PyModule_AddObject(module, c"REPR_MAX".as_ptr(), repr_max) < 0 {
             ffi::Py_XDECREF(repr_max);
             return Err(());
@@ -468,7 +468,7 @@ unsafe extern "C" fn status(
                 list_of(&probes::names(st.enabled.load(Ordering::Acquire))),
             ),
             (c"interpreter_id", ffi::PyLong_FromLongLong(st.interp_id)),
-            (c"repr_max", ffi::PyLong_FromSize_t(config::REPR_MAX)),
+            (c"repr_max", ffi::PyLong_FromSize_t(config::get().repr_max)),
         ];
         let mut ok = true;
         for (k, v) in items {

@@ -1,7 +1,7 @@
 //! Bounded, never-raising `repr()` of a returned/yielded value or a callable,
 //! for the probes: per-thread scratch and a per-thread re-entrancy guard.
 //!
-//! A repr that fits in `REPR_MAX` bytes is passed as the `str`'s own UTF-8
+//! A repr that fits in `PYUSDT_REPR_MAX` bytes is passed as the `str`'s own UTF-8
 //! buffer (no copy); a longer one is cut at a character boundary into the
 //! thread's scratch buffer. When `repr()` raises an `Exception`, the event
 //! still fires with `<repr failed: TypeName>` and the exception is cleared,
@@ -20,7 +20,7 @@ use pyo3::ffi;
 use thread_local::ThreadLocal;
 
 use crate::bounded;
-use crate::config::REPR_MAX;
+use crate::config;
 
 /// Per-thread state of one interpreter (threads can switch interpreters, so
 /// it is kept per interpreter, not in a `thread_local!`).
@@ -70,7 +70,7 @@ fn write_scratch<'a>(s: &'a Scratch, parts: &[&[u8]]) -> Repr<'a> {
     Repr::Scratch(s.buf.borrow())
 }
 
-/// Cuts `bytes` (valid UTF-8) to fit `REPR_MAX` with "..." and a NUL.
+/// Cuts `bytes` (valid UTF-8) to fit the bound with "..." and a NUL.
 fn truncated<'a>(s: &'a Scratch, bytes: &[u8]) -> Repr<'a> {
     write_scratch(s, &[&bytes[..cut_point(bytes)], b"..."])
 }
@@ -86,7 +86,8 @@ pub unsafe fn bounded<'a>(scratch: &'a PerThread, obj: *mut ffi::PyObject) -> Op
         return Some(write_scratch(s, &[b"<re-entrant repr>"]));
     }
     // SAFETY: attached, `obj` valid (the caller's contract).
-    if unsafe { bounded::wants(obj, REPR_MAX) } {
+    let max = config::get().repr_max;
+    if unsafe { bounded::wants(obj, max) } {
         return unsafe { bounded_repr(s, obj) };
     }
     s.in_repr.set(true);
@@ -105,7 +106,7 @@ pub unsafe fn bounded<'a>(scratch: &'a PerThread, obj: *mut ffi::PyObject) -> Op
             return failed(s);
         }
         let len = len as usize;
-        if len < REPR_MAX {
+        if len < max {
             return Some(Repr::Str(r, p));
         }
         let out = truncated(s, std::slice::from_raw_parts(p.cast::<u8>(), len));
@@ -122,14 +123,15 @@ unsafe fn bounded_repr(s: &Scratch, obj: *mut ffi::PyObject) -> Option<Repr<'_>>
     buf.clear();
     s.in_repr.set(true);
     // SAFETY: attached, `obj` valid (the caller's contract).
-    let res = unsafe { bounded::repr_into(obj, &mut buf, REPR_MAX) };
+    let max = config::get().repr_max;
+    let res = unsafe { bounded::repr_into(obj, &mut buf, max) };
     s.in_repr.set(false);
     if res.is_err() {
         *s.buf.borrow_mut() = buf;
         // SAFETY: attached with the error of `repr_into` set.
         return unsafe { failed(s) };
     }
-    if buf.len() >= REPR_MAX {
+    if buf.len() >= max {
         let end = cut_point(&buf);
         buf.truncate(end);
         buf.extend_from_slice(b"...");
@@ -140,9 +142,9 @@ unsafe fn bounded_repr(s: &Scratch, obj: *mut ffi::PyObject) -> Option<Repr<'_>>
 }
 
 /// Where to cut UTF-8 `bytes` (longer than the bound) so that the text and
-/// "..." and a NUL fit in `REPR_MAX`: at a character boundary.
+/// "..." and a NUL fit in the bound: at a character boundary.
 fn cut_point(bytes: &[u8]) -> usize {
-    let mut end = REPR_MAX - 4;
+    let mut end = config::get().repr_max - 4;
     // Step back to a character boundary (continuation bytes are 0b10xxxxxx).
     while end > 0 && (bytes[end] & 0xC0) == 0x80 {
         end -= 1;

@@ -1,4 +1,5 @@
-"""Bad configuration: PYUSDT_CHECK_MSEC values, and `python -m pyusdt` edge cases not in test_cli.
+"""Bad configuration: PYUSDT_CHECK_MSEC and PYUSDT_REPR_MAX values, and `python -m pyusdt`
+edge cases not in test_cli.
 
 Invalid poll intervals fall back to 100 ms with one verbose line (and silence otherwise);
 valid ones are used. The CLI cases (odd file names, FIFOs, unopenable paths, paths given
@@ -23,7 +24,7 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in ("PYUSDT_CHECK_MSEC", "PYUSDT_VERBOSE", "PYTHONSAFEPATH")
+        if k not in ("PYUSDT_CHECK_MSEC", "PYUSDT_REPR_MAX", "PYUSDT_VERBOSE", "PYTHONSAFEPATH")
     }
     env.update(extra)
     return env
@@ -67,6 +68,37 @@ def test_valid_check_msec_is_used(tmp_path, value, expected):
 
 def test_unset_check_msec_is_100(tmp_path):
     assert poll_msec(clean_env(), tmp_path) == (100, [])
+
+
+def repr_max(env: dict[str, str], tmp_path: Path) -> tuple[int, list[str]]:
+    r = subprocess.run(
+        [sys.executable, "-c", "import pyusdt; print(pyusdt.status()['repr_max'])"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    return int(r.stdout), [ln for ln in r.stderr.splitlines() if "ready" not in ln]
+
+
+@pytest.mark.parametrize("value", ["15", "65537", "-1", "big", ""])
+def test_invalid_repr_max_falls_back_to_256(tmp_path, value):
+    assert repr_max(clean_env(PYUSDT_REPR_MAX=value), tmp_path) == (256, [])
+    assert repr_max(clean_env(PYUSDT_REPR_MAX=value, PYUSDT_VERBOSE="1"), tmp_path) == (
+        256,
+        [
+            f"pyusdt: PYUSDT_REPR_MAX={value!r}".replace("'", '"')
+            + " is not a whole number from 16 to 65536; using 256"
+        ],
+    )
+
+
+@pytest.mark.parametrize(("value", "expected"), [("16", 16), ("65536", 65536), (None, 256)])
+def test_valid_repr_max_is_used(tmp_path, value, expected):
+    env = clean_env() if value is None else clean_env(PYUSDT_REPR_MAX=value)
+    assert repr_max(env, tmp_path) == (expected, [])
 
 
 # -- python -m pyusdt edge cases -----------------------------------------------------------

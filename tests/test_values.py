@@ -1,6 +1,7 @@
 """Owns the value/callable repr passed to the probes when repr() misbehaves: raising,
-huge (bounded to 1023 bytes, cut at a UTF-8 boundary), non-str, endlessly recursive,
-re-entrant (calls traced code), and KeyboardInterrupt (propagates to the program)."""
+huge (bounded to PYUSDT_REPR_MAX - 1 bytes, here 1023, cut at a UTF-8 boundary), non-str,
+endlessly recursive, re-entrant (calls traced code), and KeyboardInterrupt (propagates
+to the program)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from gated import trace
 
 SCRIPT = Path(__file__).parent / "scripts" / "values_target.py"
 PROBES = ["PY_START", "PY_RETURN", "PY_YIELD", "CALL"]
-REPR_MAX = 1024
+REPR_MAX = 1024  # set through PYUSDT_REPR_MAX (the default is 256)
 # The tail of a cut repr is read from this offset: a character boundary of both long
 # values, and close enough to the end for bpftrace's default 63-byte str().
 TAIL_AT = 961
@@ -83,7 +84,8 @@ def untraced(script: Path, mode: str, cwd: Path) -> subprocess.CompletedProcess[
 def test_misbehaving_reprs(bpftrace: str, script: Path, tmp_path: Path) -> None:
     plain = untraced(script, "reprs", tmp_path)
     assert plain.returncode == 0, plain.stderr
-    t = trace(program(str(script)), script, PROBES, args=["reprs"], cwd=tmp_path)
+    env = base_env(PYUSDT_REPR_MAX=str(REPR_MAX))
+    t = trace(program(str(script)), script, PROBES, args=["reprs"], cwd=tmp_path, env=env)
     # The program sees nothing of what the probes went through.
     assert t.returncode == 0, t.stderr + t.bt_stderr
     assert t.stdout == plain.stdout
