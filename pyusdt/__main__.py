@@ -52,7 +52,8 @@ options (must come before the target):
   -h, --help        show this help
 
 environment:
-  PYUSDT_CHECK_MSEC  how often (ms) to check whether a tracer is attached (default 100)
+  PYUSDT_CHECK_MSEC  longest time (ms) before an attached tracer is noticed (default 100)
+  PYUSDT_REPR_MAX    bound in bytes of value/callable reprs given to probes (default 256)
   PYUSDT_VERBOSE=1   log attach/detach and enable/disable decisions to stderr
 """
 
