@@ -1,19 +1,15 @@
-"""Shared test fixtures: running a target Python process under a real bpftrace.
+"""Shared test fixtures: bpftrace availability, programs, and attaching a real bpftrace.
 
-`run_traced` starts the target through a bootstrap that waits until the named
-probes are enabled in the target (so no event is missed), attaches
-`bpftrace -p`, and returns bpftrace's output with the target's result.
-Tests that need root and bpftrace skip without them, unless
-PYUSDT_REQUIRE_BPFTRACE=1 (set by .ci/run), which turns the skip into a failure.
+Tests that need root and bpftrace skip without them, unless PYUSDT_REQUIRE_BPFTRACE=1
+(set by .ci/run), which turns the skip into a failure. `attach_bpftrace` attaches to a
+running process; tests/gated.py runs a script with bpftrace attached from its first line.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import sysconfig
 import time
 from dataclasses import dataclass
@@ -30,17 +26,6 @@ REQUIRE_BPFTRACE = os.environ.get("PYUSDT_REQUIRE_BPFTRACE") == "1"
 collect_ignore = [] if sysconfig.get_config_var("Py_GIL_DISABLED") else ["test_freethreaded.py"]
 BPFTRACE = shutil.which("bpftrace")
 LIB = pyusdt.lib_path()
-
-# Runs in the target: wait for the probes, then run the script as __main__.
-BOOTSTRAP = """\
-import runpy, sys
-import pyusdt
-probes = [p for p in sys.argv[1].split(",") if p]
-if not pyusdt.wait_for_tracer(60, probes or None):
-    sys.exit("bootstrap: tracer did not attach")
-sys.argv = sys.argv[2:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
 
 
 def bpftrace_unavailable() -> str | None:
@@ -96,58 +81,6 @@ def base_env(**extra: str) -> dict[str, str]:
     env.setdefault("PYUSDT_CHECK_MSEC", "10")
     env.update(extra)
     return env
-
-
-def run_traced(
-    program: str,
-    script: str | Path,
-    probes: list[str],
-    args: list[str] | tuple[str, ...] = (),
-    env: dict[str, str] | None = None,
-    timeout: float = 120,
-    python: str = sys.executable,
-    cwd: str | Path | None = None,
-    bt_env: dict[str, str] | None = None,
-) -> Traced:
-    """Runs `script` in a fresh `python` with bpftrace attached from its first line.
-
-    `program` is a bpftrace program whose probes say `usdt:PYUSDT:pyusdt:NAME`;
-    `probes` are the probe names the target waits for before running `script`.
-    `bt_env` adds variables to bpftrace's environment (e.g. BPFTRACE_STRLEN).
-    """
-    need_bpftrace()
-    assert BPFTRACE is not None
-    target = subprocess.Popen(
-        [python, "-c", BOOTSTRAP, ",".join(probes), str(script), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env or base_env(),
-        cwd=cwd,
-    )
-    bt = subprocess.Popen(
-        [BPFTRACE, "-p", str(target.pid), "-e", bt_program(program)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **(bt_env or {})},
-    )
-    try:
-        out, err = target.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        target.kill()
-        bt.send_signal(signal.SIGINT)
-        out, err = target.communicate()
-        bt_out, bt_err = bt.communicate(timeout=30)
-        raise AssertionError(
-            f"target timed out\nstdout:{out}\nstderr:{err}\nbpftrace:{bt_out}{bt_err}"
-        ) from None
-    try:
-        bt_out, bt_err = bt.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        bt.send_signal(signal.SIGINT)
-        bt_out, bt_err = bt.communicate(timeout=30)
-    return Traced(bt_out, bt_err, bt.returncode, out, err, target.returncode)
 
 
 @pytest.fixture

@@ -129,8 +129,8 @@ def trace(
 ) -> Traced:
     """Runs `script` as __main__ in a fresh `python`, traced by `program` from its first line.
 
-    Like conftest.run_traced, but the script starts only after bpftrace's BEGIN ran and
-    `probes` are enabled, so not even the first events can be missed. A program with
+    The script starts only after bpftrace's BEGIN ran and `probes` are enabled, so not
+    even the first events can be missed. A program with
     its own BEGIN passes `ready`, the line that BEGIN prints (see start_bpftrace).
     """
     need_bpftrace()
