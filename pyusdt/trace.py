@@ -193,17 +193,25 @@ def _wait_for_lib(child: subprocess.Popen, timeout: float) -> str | None:
 
 
 def _stop(proc: subprocess.Popen, sig: int, grace: float) -> None:
-    """Send `sig` to proc if it still runs; SIGKILL it if it is still running after `grace`."""
-    if proc.poll() is not None:
-        return
-    try:
-        proc.send_signal(sig)
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    except ProcessLookupError:
-        pass
+    """Send `sig` to proc if it still runs; SIGKILL it if it is still running after `grace`.
+
+    The signal is repeated every half second meanwhile: bpftrace 0.17 now and then
+    misses a SIGINT while it sits in epoll_wait, and a killed bpftrace prints nothing.
+    """
+    deadline = time.monotonic() + grace
+    while proc.poll() is None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            proc.kill()
+            proc.wait()
+            return
+        try:
+            proc.send_signal(sig)
+            proc.wait(min(0.5, remaining))
+        except subprocess.TimeoutExpired:
+            continue
+        except ProcessLookupError:
+            return
 
 
 def _exit_like(returncode: int) -> None:
