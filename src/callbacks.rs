@@ -79,6 +79,43 @@ unsafe fn int_arg(obj: *mut ffi::PyObject) -> i64 {
     }
 }
 
+/// One event, validated and read: the state, the arguments, the code
+/// object's fields and the int argument (offset, or line number for LINE).
+struct Event<'a> {
+    st: &'a State,
+    args: &'a [*mut ffi::PyObject],
+    info: code_info::CodeInfo,
+    num: i64,
+}
+
+/// Validates and reads an event; `Err` is what the callback returns instead
+/// of firing: NULL with an exception set, or DISABLE for pyusdt's own code.
+///
+/// # Safety
+/// Called from a METH_FASTCALL callback: attached, `args` has `nargs` items.
+#[inline(always)]
+unsafe fn event<'a>(
+    module: *mut ffi::PyObject,
+    args: Args,
+    nargs: ffi::Py_ssize_t,
+    want: ffi::Py_ssize_t,
+) -> Result<Event<'a>, *mut ffi::PyObject> {
+    // SAFETY: per the contract; `prologue` checks `a[0]` is a code object.
+    unsafe {
+        let (st, a) = prologue(module, args, nargs, want).map_err(|()| ptr::null_mut())?;
+        let info = code_info::read(a[0], st.layout_ok);
+        if st.is_own(info.file_bytes()) {
+            return Err(disable(st));
+        }
+        Ok(Event {
+            st,
+            args: a,
+            info,
+            num: int_arg(a[1]),
+        })
+    }
+}
+
 macro_rules! start_like {
     ($fn_name:ident, $probe:expr, $macro:ident) => {
         pub unsafe extern "C" fn $fn_name(
@@ -90,22 +127,18 @@ macro_rules! start_like {
                 return none();
             }
             // SAFETY: CPython calls us attached, with `nargs` arguments.
-            let Ok((st, a)) = (unsafe { prologue(module, args, nargs, 2) }) else {
-                return ptr::null_mut();
+            let ev = match unsafe { event(module, args, nargs, 2) } {
+                Ok(ev) => ev,
+                Err(ret) => return ret,
             };
-            // SAFETY: attached; `a[0]` is a code object (checked by `prologue`).
-            let (info, offset) = unsafe { (code_info::read(a[0], st.layout_ok), int_arg(a[1])) };
-            if st.is_own(info.file_bytes()) {
-                return disable(st);
-            }
             probes::pyusdt::$macro!(|| (
-                info.name as usize,
-                info.file as usize,
-                info.firstlineno,
-                offset,
-                st.interp_id
+                ev.info.name as usize,
+                ev.info.file as usize,
+                ev.info.firstlineno,
+                ev.num,
+                ev.st.interp_id
             ));
-            drop(info);
+            drop(ev);
             none()
         }
     };
@@ -125,29 +158,25 @@ macro_rules! value_like {
                 return none();
             }
             // SAFETY: CPython calls us attached, with `nargs` arguments.
-            let Ok((st, a)) = (unsafe { prologue(module, args, nargs, $nargs) }) else {
-                return ptr::null_mut();
+            let ev = match unsafe { event(module, args, nargs, $nargs) } {
+                Ok(ev) => ev,
+                Err(ret) => return ret,
             };
-            // SAFETY: attached; `a[0]` is a code object (checked by `prologue`).
-            let (info, offset) = unsafe { (code_info::read(a[0], st.layout_ok), int_arg(a[1])) };
-            if st.is_own(info.file_bytes()) {
-                return disable(st);
-            }
-            // SAFETY: attached to the interpreter that owns `st.scratch`.
-            let Some(value) = (unsafe { repr::bounded(&st.scratch, a[2]) }) else {
+            // SAFETY: attached to the interpreter that owns `ev.st.scratch`.
+            let Some(value) = (unsafe { repr::bounded(&ev.st.scratch, ev.args[2]) }) else {
                 return ptr::null_mut();
             };
             let value_ptr: *const c_char = value.ptr();
             probes::pyusdt::$macro!(|| (
-                info.name as usize,
-                info.file as usize,
-                info.firstlineno,
-                offset,
+                ev.info.name as usize,
+                ev.info.file as usize,
+                ev.info.firstlineno,
+                ev.num,
                 value_ptr as usize,
-                st.interp_id
+                ev.st.interp_id
             ));
             drop(value);
-            drop(info);
+            drop(ev);
             none()
         }
     };
@@ -167,16 +196,18 @@ pub unsafe extern "C" fn line(
         return none();
     }
     // SAFETY: CPython calls us attached, with `nargs` arguments.
-    let Ok((st, a)) = (unsafe { prologue(module, args, nargs, 2) }) else {
-        return ptr::null_mut();
+    let ev = match unsafe { event(module, args, nargs, 2) } {
+        Ok(ev) => ev,
+        Err(ret) => return ret,
     };
-    // SAFETY: attached; `a[0]` is a code object (checked by `prologue`).
-    let (info, lineno) = unsafe { (code_info::read(a[0], st.layout_ok), int_arg(a[1]) as i32) };
-    if st.is_own(info.file_bytes()) {
-        return disable(st);
-    }
-    probes::pyusdt::LINE!(|| (info.name as usize, info.file as usize, lineno, st.interp_id));
-    drop(info);
+    let lineno = ev.num as i32;
+    probes::pyusdt::LINE!(|| (
+        ev.info.name as usize,
+        ev.info.file as usize,
+        lineno,
+        ev.st.interp_id
+    ));
+    drop(ev);
     none()
 }
 
