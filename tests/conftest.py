@@ -110,6 +110,22 @@ def wait_mapped(pid: int, lib: str = LIB, timeout: float = 30) -> None:
     raise AssertionError(f"process {pid} did not load {name} within {timeout} s")
 
 
+def readline_raw(stream) -> str:
+    """One line from a child's pipe, read a byte at a time from its fd.
+
+    `stream.readline()` would read ahead into Python's buffer, and a later
+    `communicate()` reads the raw fd: whatever followed the line would be lost.
+    """
+    fd = stream.fileno()
+    buf = bytearray()
+    while not buf.endswith(b"\n"):
+        b = os.read(fd, 1)
+        if not b:
+            break
+        buf += b
+    return buf.decode("utf-8", "surrogateescape")
+
+
 def attach_bpftrace(pid: int, program: str) -> subprocess.Popen:
     """`bpftrace -p PID -e PROGRAM`, returned once all its probes are attached.
 
@@ -130,7 +146,7 @@ def attach_bpftrace(pid: int, program: str) -> subprocess.Popen:
         text=True,
     )
     assert bt.stdout is not None
-    while (line := bt.stdout.readline()) != "READY\n":
+    while (line := readline_raw(bt.stdout)) != "READY\n":
         if not line:
             _, err = finish(bt)
             raise AssertionError(f"bpftrace did not attach to {pid}: {err}")

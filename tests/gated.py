@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import BPFTRACE, LIB, Traced, base_env, bt_program, need_bpftrace
+from conftest import BPFTRACE, LIB, Traced, base_env, bt_program, need_bpftrace, readline_raw
 
 READY = "@@pyusdt-gated-ready@@"
 
@@ -80,7 +80,7 @@ def start_bpftrace(
     )
     assert bt.stdout is not None
     early = []
-    while (line := bt.stdout.readline()) != ready + "\n":
+    while (line := readline_raw(bt.stdout)) != ready + "\n":
         if not line:
             err = bt.communicate(timeout=60)[1]
             raise AssertionError(f"bpftrace did not attach to {pid}: {err}")

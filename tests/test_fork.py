@@ -16,7 +16,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import attach_bpftrace, base_env, finish, need_bpftrace
+from conftest import attach_bpftrace, base_env, finish, need_bpftrace, readline_raw
 
 TIMEOUT = 90
 
@@ -62,7 +62,7 @@ def expect_line(proc: subprocess.Popen, prefix: str) -> str:
     assert proc.stdout is not None
     seen = []
     while True:
-        line = proc.stdout.readline()
+        line = readline_raw(proc.stdout)
         if not line:
             _, err = finish(proc)
             raise AssertionError(f"no {prefix!r} line; got {seen}\nstderr:{err}")

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import LIB, attach_bpftrace, base_env, finish, need_bpftrace
+from conftest import LIB, attach_bpftrace, base_env, finish, need_bpftrace, readline_raw
 
 sys.path.insert(0, str(Path(__file__).parent / "scripts"))
 import rel_uprobe  # noqa: E402
@@ -120,7 +120,7 @@ def run(script: Path, mode: str, traced: bool) -> tuple[int, str, str, str]:
     target.stdin.flush()
     head = ""
     if mode == "sigint":
-        while (line := target.stdout.readline()) and line != "WAITING\n":
+        while (line := readline_raw(target.stdout)) and line != "WAITING\n":
             head += line
         head += line
         wait_blocked(target.pid)
@@ -175,7 +175,7 @@ def toggle_until_exit(target: subprocess.Popen, log: list[str]) -> int:
     names = ["PY_START", "PY_RETURN", "CALL", "LINE"]
 
     def until(prefix: str) -> bool:
-        while line := target.stderr.readline():
+        while line := readline_raw(target.stderr):
             log.append(line)
             if line.startswith(prefix):
                 return True
@@ -260,7 +260,7 @@ def test_exit_while_bpftrace_comes_and_goes(tmp_path):
         env=base_env(PYUSDT_CHECK_MSEC="1"),
     )
     assert target.stdout is not None
-    assert target.stdout.readline() == "READY\n"
+    assert readline_raw(target.stdout) == "READY\n"
     # Short-lived tracers, one after another, until the target has exited under one.
     program = COUNT_WORK + " interval:ms:50 { exit(); }"
     runs = 0

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import LIB, attach_bpftrace, base_env, finish, need_bpftrace
+from conftest import LIB, attach_bpftrace, base_env, finish, need_bpftrace, readline_raw
 
 sys.path.insert(0, str(Path(__file__).parent / "scripts"))
 import rel_uprobe  # noqa: E402
@@ -85,13 +85,13 @@ def test_attach_detach_cycles_under_load(tmp_path):
     )
     assert target.stdin is not None and target.stdout is not None and target.stderr is not None
     try:
-        tids = [int(target.stdout.readline().split()[1]) for _ in range(4)]
+        tids = [int(readline_raw(target.stdout).split()[1]) for _ in range(4)]
         offsets = rel_uprobe.probe_offsets(LIB)
         names = sorted(offsets)
         assert names == sorted(["PY_START", "PY_RESUME", "PY_RETURN", "PY_YIELD", "CALL", "LINE"])
 
         def expect(prefix: str) -> None:
-            line = target.stderr.readline()
+            line = readline_raw(target.stderr)
             assert line.startswith(prefix), f"expected {prefix!r}, got {line!r}"
 
         expect("pyusdt: ready")
@@ -160,7 +160,7 @@ def test_memory_steady_over_ten_million_events(tmp_path):
         env=base_env(),
     )
     assert target.stdin is not None and target.stdout is not None
-    assert target.stdout.readline() == "PID\n"
+    assert readline_raw(target.stdout) == "PID\n"
     bt = attach_bpftrace(target.pid, "usdt:PYUSDT:pyusdt:PY_START { @starts = count(); }")
     target.stdin.write("go\n")
     target.stdin.flush()

@@ -343,34 +343,35 @@ def test_exit_status_when_only_subinterpreters_imported_traced(bpftrace, workdir
         assert re.search(rf"^@start\[{a_id}\]: [1-9]", bt_out, re.M), bt_out + bt_err
 
 
-@pytest.mark.skipif(
-    sys.version_info[:3] != (3, 13, 0), reason="CPython 3.13.0 only (gh-126914 workaround)"
-)
-def test_3130_subinterpreters_are_not_entered(bpftrace, workdir):
-    env = base_env(PYUSDT_VERBOSE="1")
-    target = subprocess.Popen(
-        [sys.executable, str(SCRIPTS / "interp_3130.py")],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=workdir,
-    )
-    bt = None
-    try:
-        lines = Lines(target.stdout)
-        sub_id = int(lines.expect("loaded", 60).split()[1])
-        tracer = Tracer(target, COUNT_WL)
-        bt = tracer.bt
-        target.wait(60)
-        bt_out, bt_err = tracer.finish()
-    finally:
-        stop(target)
-        stop(bt)
-    stderr = target.stderr.read() if target.stderr else ""
-    assert target.returncode == 0, stderr + bt_err
-    assert "sub-enabled []" in lines.all(), lines.seen
-    assert len(re.findall(r"gh-126914", stderr)) == 1, stderr
-    per = parse_counts(bt_out)
-    assert list(per) == [0] and sub_id != 0, bt_out
+# CPython 3.13.0 only (the gh-126914 workaround); the matrix runs 3.13 >= 3.13.1, where
+# this is not collected rather than skipped.
+if IS_3130:
+
+    def test_3130_subinterpreters_are_not_entered(bpftrace, workdir):
+        env = base_env(PYUSDT_VERBOSE="1")
+        target = subprocess.Popen(
+            [sys.executable, str(SCRIPTS / "interp_3130.py")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=workdir,
+        )
+        bt = None
+        try:
+            lines = Lines(target.stdout)
+            sub_id = int(lines.expect("loaded", 60).split()[1])
+            tracer = Tracer(target, COUNT_WL)
+            bt = tracer.bt
+            target.wait(60)
+            bt_out, bt_err = tracer.finish()
+        finally:
+            stop(target)
+            stop(bt)
+        stderr = target.stderr.read() if target.stderr else ""
+        assert target.returncode == 0, stderr + bt_err
+        assert "sub-enabled []" in lines.all(), lines.seen
+        assert len(re.findall(r"gh-126914", stderr)) == 1, stderr
+        per = parse_counts(bt_out)
+        assert list(per) == [0] and sub_id != 0, bt_out
