@@ -8,8 +8,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
-from pyusdt import libpyusdt
+try:
+    from pyusdt import libpyusdt
+except ImportError as exc:  # e.g. `python -m pyusdt` run from a source checkout
+    if not any(Path(__path__[0]).glob("libpyusdt*.so")):
+        raise ImportError(
+            f"pyusdt's extension is not built in {__path__[0]}: this is the source tree, "
+            "not an installed pyusdt. Run from another directory, or `pip install -e .` "
+            "to build it in place."
+        ) from exc
+    raise
 from pyusdt.libpyusdt import __version__, attached_probes, status
 
 __all__ = ["PROBES", "__version__", "attached_probes", "lib_path", "status", "wait_for_tracer"]
