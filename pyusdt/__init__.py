@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from pathlib import Path
 
 try:
     from pyusdt import libpyusdt
 except ImportError as exc:  # e.g. `python -m pyusdt` run from a source checkout
-    if not any(Path(__path__[0]).glob("libpyusdt*.so")):
+    import glob  # only on this path: `import pyusdt` stays light
+
+    if not glob.glob(glob.escape(__path__[0]) + "/libpyusdt*.so"):
         raise ImportError(
             f"pyusdt's extension is not built in {__path__[0]}: this is the source tree, "
             "not an installed pyusdt. Run from another directory, or `pip install -e .` "
