@@ -58,6 +58,7 @@ impl Drop for Repr<'_> {
     }
 }
 
+/// `parts` (valid UTF-8) in the scratch buffer, cut to the bound if longer.
 fn write_scratch<'a>(s: &'a Scratch, parts: &[&[u8]]) -> Repr<'a> {
     {
         let mut buf = s.buf.borrow_mut();
@@ -65,9 +66,70 @@ fn write_scratch<'a>(s: &'a Scratch, parts: &[&[u8]]) -> Repr<'a> {
         for p in parts {
             buf.extend_from_slice(p);
         }
-        buf.push(0);
+        finish(&mut buf);
     }
     Repr::Scratch(s.buf.borrow())
+}
+
+/// Cuts `buf` to the bound (with "...") if it does not fit, and NUL-terminates it.
+fn finish(buf: &mut Vec<u8>) {
+    if buf.len() >= config::get().repr_max {
+        let end = cut_point(buf);
+        buf.truncate(end);
+        buf.extend_from_slice(b"...");
+    }
+    buf.push(0);
+}
+
+/// Reprs written straight into the scratch buffer, with no Python object
+/// made, for the commonest values whose repr CPython formats from fields:
+/// exact `int`s that fit 64 bits, and (GIL builds, where the qualname cannot
+/// change under us) Python functions, `<function QUALNAME at 0xADDR>`.
+/// The text is the same as `repr()`'s.
+unsafe fn fast<'a>(s: &'a Scratch, obj: *mut ffi::PyObject) -> Option<Repr<'a>> {
+    use std::io::Write;
+    // SAFETY: attached; `obj` valid; fields are read only for exact types.
+    unsafe {
+        if ffi::PyLong_CheckExact(obj) != 0 {
+            let mut overflow = 0;
+            let v = ffi::PyLong_AsLongLongAndOverflow(obj, &mut overflow);
+            if overflow != 0 || (v == -1 && !ffi::PyErr_Occurred().is_null()) {
+                ffi::PyErr_Clear();
+                return None;
+            }
+            {
+                let mut buf = s.buf.borrow_mut();
+                buf.clear();
+                let _ = write!(buf, "{v}");
+                finish(&mut buf);
+            }
+            return Some(Repr::Scratch(s.buf.borrow()));
+        }
+        #[cfg(not(Py_GIL_DISABLED))]
+        if ffi::PyFunction_Check(obj) != 0 {
+            let q = (*(obj as *mut ffi::PyFunctionObject)).func_qualname;
+            if q.is_null() || ffi::PyUnicode_Check(q) == 0 {
+                return None;
+            }
+            let mut len: ffi::Py_ssize_t = 0;
+            let p = ffi::PyUnicode_AsUTF8AndSize(q, &mut len);
+            if p.is_null() {
+                ffi::PyErr_Clear();
+                return None;
+            }
+            let name = std::slice::from_raw_parts(p.cast::<u8>(), len as usize);
+            {
+                let mut buf = s.buf.borrow_mut();
+                buf.clear();
+                buf.extend_from_slice(b"<function ");
+                buf.extend_from_slice(name);
+                let _ = write!(buf, " at {:#x}>", obj as usize);
+                finish(&mut buf);
+            }
+            return Some(Repr::Scratch(s.buf.borrow()));
+        }
+        None
+    }
 }
 
 /// Cuts `bytes` (valid UTF-8) to fit the bound with "..." and a NUL.
@@ -86,7 +148,11 @@ pub unsafe fn bounded<'a>(scratch: &'a PerThread, obj: *mut ffi::PyObject) -> Op
         return Some(write_scratch(s, &[b"<re-entrant repr>"]));
     }
     // SAFETY: attached, `obj` valid (the caller's contract).
+    if let Some(r) = unsafe { fast(s, obj) } {
+        return Some(r);
+    }
     let max = config::get().repr_max;
+    // SAFETY: as above.
     if unsafe { bounded::wants(obj, max) } {
         return unsafe { bounded_repr(s, obj) };
     }
@@ -131,12 +197,7 @@ unsafe fn bounded_repr(s: &Scratch, obj: *mut ffi::PyObject) -> Option<Repr<'_>>
         // SAFETY: attached with the error of `repr_into` set.
         return unsafe { failed(s) };
     }
-    if buf.len() >= max {
-        let end = cut_point(&buf);
-        buf.truncate(end);
-        buf.extend_from_slice(b"...");
-    }
-    buf.push(0);
+    finish(&mut buf);
     *s.buf.borrow_mut() = buf;
     Some(Repr::Scratch(s.buf.borrow()))
 }

@@ -4,6 +4,7 @@ else cut at a character boundary with "..."."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 import tempfile
@@ -22,7 +23,7 @@ def expected(v: object, repr_max: int) -> bytes:
     try:
         full = repr(v).encode()
     except Exception as exc:
-        return f"<repr failed: {type(exc).__name__}>".encode()
+        full = f"<repr failed: {type(exc).__name__}>".encode()
     if len(full) < repr_max:
         return full
     end = repr_max - 4
@@ -79,6 +80,8 @@ def test_bounded_reprs_match_python(tmp_path, repr_max):
         want = [expected(v, repr_max) for v in bv.VALUES]
         assert len(seen) == len(want), (len(seen), t.output[:2000], t.bt_stderr)
         for i, (got, exp) in enumerate(zip(seen, want, strict=True)):
+            # Function reprs hold addresses, which differ between the two processes.
+            got, exp = (re.sub(rb"0x[0-9a-f]+", b"0xADDR", x) for x in (got, exp))
             assert got == exp, (i, got[:200], exp[:200], len(got), len(exp))
     finally:
         shutil.rmtree(d, ignore_errors=True)

@@ -15,6 +15,10 @@ class Bad:
         raise ValueError("no")
 
 
+def ret(v):
+    return v
+
+
 def values():
     rec_list = [1, 2]
     rec_list.append(rec_list)
@@ -44,14 +48,29 @@ def values():
         [],
         {},
         (),
+        0,
+        -5,
+        2**63 - 1,
+        -(2**63),
+        2**70,
+        True,
+        ret,
+        lambda: None,
+        Loud.__repr__,
+        long_name(),
+        [ret, 12, -(2**64)],
     ]
 
 
+def long_name():
+    def inner():
+        pass
+
+    inner.__qualname__ = "q" * 300
+    return inner
+
+
 VALUES = values()
-
-
-def ret(v):
-    return v
 
 
 if __name__ == "__main__":
