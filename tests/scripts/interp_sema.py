@@ -9,40 +9,12 @@ from __future__ import annotations
 import os
 import struct
 
+from rel_uprobe import stapsdt_probes
+
 
 def semaphores(lib: str, provider: str = "pyusdt") -> dict[str, int]:
     """{probe name: semaphore virtual address in the ELF file} (64-bit LE ELF)."""
-    with open(lib, "rb") as f:
-        data = f.read()
-    assert data[:6] == b"\x7fELF\x02\x01", "64-bit little-endian ELF only"
-    e_shoff = struct.unpack_from("<Q", data, 0x28)[0]
-    e_shentsize, e_shnum, e_shstrndx = struct.unpack_from("<HHH", data, 0x3A)
-    sections = {}
-    hdrs = [struct.unpack_from("<IIQQQQ", data, e_shoff + i * e_shentsize) for i in range(e_shnum)]
-    strtab = hdrs[e_shstrndx][4]
-    for name, _type, _flags, addr, offset, size in hdrs:
-        sname = data[strtab + name : data.index(b"\0", strtab + name)].decode()
-        sections[sname] = (addr, offset, size)
-    base_addr = sections[".stapsdt.base"][0] if ".stapsdt.base" in sections else None
-    _, pos, size = sections[".note.stapsdt"]
-    end = pos + size
-    result = {}
-    while pos < end:
-        namesz, descsz, ntype = struct.unpack_from("<III", data, pos)
-        pos += 12
-        owner = data[pos : pos + namesz].rstrip(b"\0")
-        pos += (namesz + 3) & ~3
-        desc = data[pos : pos + descsz]
-        pos += (descsz + 3) & ~3
-        if owner != b"stapsdt" or ntype != 3:
-            continue
-        _pc, base, sema = struct.unpack_from("<QQQ", desc, 0)
-        prov, name = desc[24:].split(b"\0")[:2]
-        if prov.decode() == provider and sema:
-            if base_addr is not None:
-                sema += base_addr - base
-            result[name.decode()] = sema
-    return result
+    return {name: sema for name, (_pc, sema) in stapsdt_probes(lib, provider).items() if sema}
 
 
 class Semaphores:

@@ -28,8 +28,24 @@ def _vaddr_to_offset(phdrs: list[tuple[int, int, int, int]], vaddr: int) -> int:
     raise ValueError(f"address {vaddr:#x} is in no PT_LOAD segment")
 
 
+def stapsdt_probes(lib: str, provider: str = "pyusdt") -> dict[str, tuple[int, int]]:
+    """{probe name: (virtual address of the probe, of its semaphore or 0)} of a 64-bit
+    little-endian ELF, read from its `.note.stapsdt` notes."""
+    return _read(lib, provider)[0]
+
+
 def probe_offsets(lib: str, provider: str = "pyusdt") -> dict[str, tuple[int, int]]:
     """{probe name: (file offset of the probe, file offset of its semaphore)} of a 64-bit ELF."""
+    probes, phdrs = _read(lib, provider)
+    return {
+        name: (_vaddr_to_offset(phdrs, pc), _vaddr_to_offset(phdrs, sema) if sema else 0)
+        for name, (pc, sema) in probes.items()
+    }
+
+
+def _read(
+    lib: str, provider: str
+) -> tuple[dict[str, tuple[int, int]], list[tuple[int, int, int, int]]]:
     with open(lib, "rb") as f:
         data = f.read()
     if data[:5] != b"\x7fELF\x02" or data[5] != 1:
@@ -77,9 +93,8 @@ def probe_offsets(lib: str, provider: str = "pyusdt") -> dict[str, tuple[int, in
             pc += base_addr - base
             if sema:
                 sema += base_addr - base
-        sema_off = _vaddr_to_offset(phdrs, sema) if sema else 0
-        probes[name.decode()] = (_vaddr_to_offset(phdrs, pc), sema_off)
-    return probes
+        probes[name.decode()] = (pc, sema)
+    return probes, phdrs
 
 
 class _PerfEventAttr(ctypes.Structure):
