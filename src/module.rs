@@ -262,14 +262,14 @@ unsafe fn exec_inner(module: *mut ffi::PyObject) -> Result<(), ()> {
         }
 
         let entry = Arc::new(Entry::new(interp, interp_id, st_ptr));
-        if entry.is_main {
-            register_fork_hooks(module)?;
-        }
         if watcher::is_registered(interp_id) {
             config::log(|| {
                 format!("module loaded again in interpreter {interp_id}: this copy stays passive")
             });
             return Ok(());
+        }
+        if entry.is_main {
+            register_fork_hooks(module)?;
         }
         st.entry = Some(entry.clone());
         watcher::register(entry);

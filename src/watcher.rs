@@ -358,6 +358,9 @@ static RESTART_AFTER_FORK: AtomicBool = AtomicBool::new(false);
 /// # Safety
 /// Attached to the main interpreter, on the forking thread.
 pub unsafe fn before_fork() {
+    if FORK_GUARDS.with(|g| g.borrow().is_some()) {
+        return; // already prepared for this fork
+    }
     // SAFETY: attached (contract).
     unsafe {
         detached(|| {
