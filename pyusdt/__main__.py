@@ -164,7 +164,8 @@ def _fresh_main(**attrs: object) -> dict:
     """Install a new, empty `__main__` module (as python starts with) and return its dict."""
     main = types.ModuleType("__main__")
     main.__dict__["__loader__"] = importlib.machinery.BuiltinImporter
-    main.__dict__["__annotations__"] = {}
+    if sys.version_info < (3, 14):  # 3.14's __main__ starts without it (PEP 649)
+        main.__dict__["__annotations__"] = {}
     main.__dict__["__builtins__"] = builtins
     main.__dict__.update(attrs)
     sys.modules["__main__"] = main
