@@ -132,11 +132,6 @@ unsafe fn fast<'a>(s: &'a Scratch, obj: *mut ffi::PyObject) -> Option<Repr<'a>> 
     }
 }
 
-/// Cuts `bytes` (valid UTF-8) to fit the bound with "..." and a NUL.
-fn truncated<'a>(s: &'a Scratch, bytes: &[u8]) -> Repr<'a> {
-    write_scratch(s, &[&bytes[..cut_point(bytes)], b"..."])
-}
-
 /// `repr(obj)` for a probe, or `None` when a non-`Exception` is raised and
 /// must propagate (it is left set).
 ///
@@ -175,7 +170,8 @@ pub unsafe fn bounded<'a>(scratch: &'a PerThread, obj: *mut ffi::PyObject) -> Op
         if len < max {
             return Some(Repr::Str(r, p));
         }
-        let out = truncated(s, std::slice::from_raw_parts(p.cast::<u8>(), len));
+        // Only the first `max` bytes are copied; `finish` cuts them to the bound.
+        let out = write_scratch(s, &[std::slice::from_raw_parts(p.cast::<u8>(), max)]);
         ffi::Py_DECREF(r);
         Some(out)
     }
