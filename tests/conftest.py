@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import sysconfig
 import time
 from dataclasses import dataclass
@@ -86,6 +87,31 @@ def base_env(**extra: str) -> dict[str, str]:
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+def spawn(
+    script: Path,
+    *args: str,
+    python_flags: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen:
+    """`python [flags] script args` with piped stdio (text), run in the script's folder."""
+    return subprocess.Popen(
+        [sys.executable, *python_flags, str(script), *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env or base_env(),
+        cwd=script.parent,
+    )
+
+
+def go(target: subprocess.Popen) -> None:
+    """Releases a target that waits for "go" on its stdin."""
+    assert target.stdin is not None
+    target.stdin.write("go\n")
+    target.stdin.flush()
 
 
 def finish(proc: subprocess.Popen, timeout: float = 90) -> tuple[str, str]:

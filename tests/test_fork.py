@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import attach_bpftrace, base_env, finish, need_bpftrace, readline_raw
+from conftest import attach_bpftrace, finish, go, need_bpftrace, readline_raw, spawn
 
 TIMEOUT = 90
 
@@ -32,29 +31,11 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-def start(script: Path, *args: str, python_flags: tuple[str, ...] = ()) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, *python_flags, str(script), *args],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=base_env(),
-        cwd=script.parent,
-    )
-
-
 def attach(pid: int, program: str, target: subprocess.Popen) -> subprocess.Popen:
     """bpftrace -p PID, once fully attached; then "go" on `target`'s stdin."""
     bt = attach_bpftrace(pid, program)
     go(target)
     return bt
-
-
-def go(target: subprocess.Popen) -> None:
-    assert target.stdin is not None
-    target.stdin.write("go\n")
-    target.stdin.flush()
 
 
 def expect_line(proc: subprocess.Popen, prefix: str) -> str:
@@ -107,7 +88,7 @@ faulthandler.cancel_dump_traceback_later()
 def test_fork_emits_no_multithreaded_warning(tmp_path):
     script = write(tmp_path / "warn.py", WARN_SCRIPT)
     for flags in ((), ("-W", "error::DeprecationWarning")):
-        p = start(script, python_flags=flags)
+        p = spawn(script, python_flags=flags)
         out, err = finish(p)
         assert p.returncode == 0, err
         assert err == ""
@@ -157,7 +138,7 @@ for _ in range(2):
 
 def test_child_and_parent_traceable_after_fork(tmp_path):
     need_bpftrace()
-    target = start(write(tmp_path / "child.py", CHILD_SCRIPT))
+    target = spawn(write(tmp_path / "child.py", CHILD_SCRIPT))
     try:
         child = int(expect_line(target, "CHILD "))
         bt_child = attach(child, WORK_PROGRAM, target)
@@ -216,7 +197,7 @@ DETACH_ON_CALL = 'usdt:PYUSDT:pyusdt:PY_START /str(arg0) == "detach_me"/ { exit(
 
 def test_traced_parent_stays_traced_across_fork(tmp_path):
     need_bpftrace()
-    target = start(write(tmp_path / "parent.py", TRACED_PARENT_SCRIPT))
+    target = spawn(write(tmp_path / "parent.py", TRACED_PARENT_SCRIPT))
     try:
         parent = int(expect_line(target, "PARENT"))
         bt = attach(parent, WORK_PROGRAM + DETACH_ON_CALL, target)
@@ -269,7 +250,7 @@ def test_fork_fifty_times(tmp_path, mode):
     if mode == "traced":
         need_bpftrace()
     # The 3.13+ fork warning (test above) is not this test's subject: keep stderr clean of it.
-    target = start(
+    target = spawn(
         write(tmp_path / "loop.py", LOOP_SCRIPT),
         mode,
         python_flags=("-W", "ignore:This process:DeprecationWarning"),
@@ -327,7 +308,7 @@ if __name__ == "__main__":
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
 def test_multiprocessing_worker_traceable(tmp_path, method):
     need_bpftrace()
-    target = start(
+    target = spawn(
         write(tmp_path / "mp.py", MP_SCRIPT),
         method,
         python_flags=("-W", "error::DeprecationWarning"),

@@ -4,10 +4,7 @@ doubled, and fork hooks are not registered twice (a second set used to deadlock 
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
-from conftest import attach_bpftrace, base_env, finish, need_bpftrace, readline_raw
+from conftest import attach_bpftrace, finish, go, need_bpftrace, readline_raw, spawn
 
 TARGET = """\
 import os, sys
@@ -35,22 +32,12 @@ def test_second_copy_is_passive(tmp_path):
     need_bpftrace()
     script = tmp_path / "reload_target.py"
     script.write_text(TARGET)
-    target = subprocess.Popen(
-        [sys.executable, "-W", "error::DeprecationWarning", str(script)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=base_env(),
-        cwd=tmp_path,
-    )
+    target = spawn(script, python_flags=("-W", "error::DeprecationWarning"))
     assert readline_raw(target.stdout) == "READY\n"
     bt = attach_bpftrace(
         target.pid, 'usdt:PYUSDT:pyusdt:PY_START /str(arg0) == "marker"/ { @calls = count(); }'
     )
-    assert target.stdin is not None
-    target.stdin.write("go\n")
-    target.stdin.flush()
+    go(target)
     out, err = finish(target, timeout=60)
     bt_out, bt_err = finish(bt)
     assert target.returncode == 0, err

@@ -9,13 +9,12 @@ watcher to report the toggle and for the probe to fire. The long run uses a real
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import LIB, attach_bpftrace, base_env, finish, need_bpftrace, readline_raw
+from conftest import LIB, attach_bpftrace, base_env, finish, go, need_bpftrace, readline_raw, spawn
 
 sys.path.insert(0, str(Path(__file__).parent / "scripts"))
 import rel_uprobe  # noqa: E402
@@ -75,14 +74,7 @@ def test_attach_detach_cycles_under_load(tmp_path):
         pytest.skip(why)
     script = tmp_path / "load.py"
     script.write_text(LOAD_SCRIPT)
-    target = subprocess.Popen(
-        [sys.executable, str(script)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=base_env(PYUSDT_CHECK_MSEC="1", PYUSDT_VERBOSE="1"),
-    )
+    target = spawn(script, env=base_env(PYUSDT_CHECK_MSEC="1", PYUSDT_VERBOSE="1"))
     assert target.stdin is not None and target.stdout is not None and target.stderr is not None
     try:
         tids = [int(readline_raw(target.stdout).split()[1]) for _ in range(4)]
@@ -151,19 +143,11 @@ def test_memory_steady_over_ten_million_events(tmp_path):
     need_bpftrace()
     script = tmp_path / "long.py"
     script.write_text(LONG_SCRIPT)
-    target = subprocess.Popen(
-        [sys.executable, str(script)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=base_env(),
-    )
+    target = spawn(script)
     assert target.stdin is not None and target.stdout is not None
     assert readline_raw(target.stdout) == "PID\n"
     bt = attach_bpftrace(target.pid, "usdt:PYUSDT:pyusdt:PY_START { @starts = count(); }")
-    target.stdin.write("go\n")
-    target.stdin.flush()
+    go(target)
     out, err = finish(target, 120)
     bt_out, bt_err = finish(bt, 60)
     assert target.returncode == 0, err

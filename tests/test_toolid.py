@@ -3,10 +3,7 @@ pyusdt inert (one verbose line, no crash), and it claims the first id that is fr
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
-from conftest import attach_bpftrace, base_env, finish, need_bpftrace, readline_raw
+from conftest import attach_bpftrace, base_env, finish, go, need_bpftrace, readline_raw, spawn
 
 TARGET = """\
 import sys, time
@@ -40,23 +37,13 @@ def test_no_free_tool_id_stays_inert_then_claims_a_freed_one(tmp_path):
     need_bpftrace()
     script = tmp_path / "toolid_target.py"
     script.write_text(TARGET)
-    target = subprocess.Popen(
-        [sys.executable, str(script)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=base_env(PYUSDT_VERBOSE="1"),
-        cwd=tmp_path,
-    )
+    target = spawn(script, env=base_env(PYUSDT_VERBOSE="1"))
     assert readline_raw(target.stdout) == "READY\n"
     bt = attach_bpftrace(
         target.pid,
         'usdt:PYUSDT:pyusdt:PY_START /str(arg0) == "marker"/ { @calls = count(); }',
     )
-    assert target.stdin is not None
-    target.stdin.write("go\n")
-    target.stdin.flush()
+    go(target)
     out, err = finish(target)
     bt_out, bt_err = finish(bt)
     assert target.returncode == 0, err
