@@ -204,11 +204,17 @@ def _has_pyusdt(exe: str) -> bool:
     return proc.returncode == 0
 
 
-def build_sdt_loop(quiet: bool = False) -> tuple[str, str]:
-    """Compile bench/sdt_loop.c; returns (binary, how the probe was made)."""
+def build_sdt_loop(nop5: bool = False) -> tuple[str, str]:
+    """Compile bench/sdt_loop.c; returns (binary, how the probe was made). The
+    standard probe (a 1-byte nop, as <sys/sdt.h> makes it), or with `nop5` the
+    5-byte nop site that pyusdt's probes use."""
     src = REPO / "bench" / "sdt_loop.c"
     out_dir = CACHE / "sdt"
     out_dir.mkdir(parents=True, exist_ok=True)
+    if nop5:
+        binary = out_dir / "sdt_loop_nop5"
+        _compile_sdt_loop(src, binary, ["-DBENCH_NOP5"])
+        return str(binary), "own inline-asm stapsdt note on a 5-byte nop"
     binary = out_dir / "sdt_loop"
     have_sdt = _has_sdt_header()
     if not have_sdt and shutil.which("apt-get") and os.geteuid() == 0:
@@ -220,7 +226,11 @@ def build_sdt_loop(quiet: bool = False) -> tuple[str, str]:
             env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"),
         )
         have_sdt = _has_sdt_header()
-    flags = [] if have_sdt else ["-DBENCH_OWN_SDT"]
+    _compile_sdt_loop(src, binary, [] if have_sdt else ["-DBENCH_OWN_SDT"])
+    return str(binary), ("<sys/sdt.h> STAP_PROBE5" if have_sdt else "own inline-asm stapsdt note")
+
+
+def _compile_sdt_loop(src: Path, binary: Path, flags: list[str]) -> None:
     proc = subprocess.run(
         ["cc", "-O2", "-Wall", "-pthread", *flags, "-o", str(binary), str(src)],
         capture_output=True,
@@ -228,8 +238,7 @@ def build_sdt_loop(quiet: bool = False) -> tuple[str, str]:
         check=False,
     )
     if proc.returncode != 0:
-        raise EnvError(f"cc sdt_loop.c failed:\n{proc.stderr}")
-    return str(binary), ("<sys/sdt.h> STAP_PROBE5" if have_sdt else "own inline-asm stapsdt note")
+        raise EnvError(f"cc sdt_loop.c {' '.join(flags)} failed:\n{proc.stderr}")
 
 
 def _has_sdt_header() -> bool:

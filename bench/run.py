@@ -10,7 +10,11 @@ Figures (per Python version; 3.12, plus 3.13 when `matrix/provision --list` has 
   1 untraced overhead   in-process time under `python -m pyusdt` / plain `python`
   2 traced vs floor     traced time / (plain time + probe hits x uprobe cost); the hits
                         are bpftrace's count(), the uprobe cost per hit comes from
-                        bench/sdt_loop.c traced vs untraced with the same action
+                        bench/sdt_loop.c traced vs untraced with the same action, its
+                        probe a standard SDT one (1-byte nop). pyusdt's sites are 5-byte
+                        nops, which Linux 6.18+ serves faster: the detail column also
+                        gives the ratio to a floor built from the same C loop on such a
+                        site ("nop5 floor")
   3 ours vs original    traced time, ours / pyusdt 0.1.1 (cp312 wheel; sdist elsewhere)
   4 attach latency      probe attached (semaphore set, as the target sees it) -> first
                         PY_START seen by bpftrace, default 100 ms poll (p50, max)
@@ -112,6 +116,7 @@ class Bench:
         self.figures: list[dict] = []
         self.pythons: dict[str, dict[str, Python | None]] = {}
         self.sdt_binary: str | None = None
+        self.sdt5_binary: str | None = None
 
     # -- setup -------------------------------------------------------------------------
     def note(self, msg: str) -> None:
@@ -158,6 +163,8 @@ class Bench:
             try:
                 self.sdt_binary, how = envs.build_sdt_loop()
                 self.note(f"uprobe reference: bench/sdt_loop.c with {how}")
+                self.sdt5_binary, how = envs.build_sdt_loop(nop5=True)
+                self.note(f"nop5 uprobe reference: bench/sdt_loop.c with {how}")
             except EnvError as exc:
                 self.note(f"floor figures skipped: {exc}")
 
@@ -217,12 +224,16 @@ class Bench:
                 self.jobs[f"{version}/rss/orig"] = lambda o=orig: measure.rss_added(o, "libpyusdt")
         if self.sdt_binary and not self.trace_problem and self.jobs:
             n, k = self.size["sdt_n"], self.size["sdt_repeat"]
-            b = self.sdt_binary
-            self.jobs["sdt/untraced"] = lambda: measure.sdt_loop(b, n, k, False)
-            self.jobs["sdt/traced"] = lambda: measure.sdt_loop(b, n, k, True)
-            if any(v.endswith("t") for v in self.pythons):
-                # Do uprobe hits from 2 threads of one process scale (for figure 5)?
-                self.jobs["sdt/traced2"] = lambda: measure.sdt_loop(b, n, k, True, threads=2)
+            for name, b in (("sdt", self.sdt_binary), ("sdt5", self.sdt5_binary)):
+                if b is None:
+                    continue
+                self.jobs[f"{name}/untraced"] = lambda b=b: measure.sdt_loop(b, n, k, False)
+                self.jobs[f"{name}/traced"] = lambda b=b: measure.sdt_loop(b, n, k, True)
+                if any(v.endswith("t") for v in self.pythons):
+                    # Do uprobe hits from 2 threads of one process scale (for figure 5)?
+                    self.jobs[f"{name}/traced2"] = lambda b=b: measure.sdt_loop(
+                        b, n, k, True, threads=2
+                    )
 
     # -- running -----------------------------------------------------------------------
     def run(self) -> None:
@@ -259,27 +270,30 @@ class Bench:
     def per_run(self, key: str, field: str) -> list[float | None]:
         return [s[field] if s else None for s in self.samples.get(key, [])]
 
-    def uprobe_cost_ns(self) -> list[float | None]:
-        """Per run: (traced loop - untraced loop) / hits, in ns."""
-        if "sdt/traced" not in self.samples:
+    def uprobe_cost_ns(self, loop: str = "sdt") -> list[float | None]:
+        """Per run: (traced loop - untraced loop) / hits, in ns (`loop`: "sdt" for the
+        standard probe, "sdt5" for the nop5 one)."""
+        if f"{loop}/traced" not in self.samples:
             return [None] * self.runs
         out = []
         for t, u in zip(
-            self.samples.get("sdt/traced", []), self.samples.get("sdt/untraced", []), strict=True
+            self.samples.get(f"{loop}/traced", []),
+            self.samples.get(f"{loop}/untraced", []),
+            strict=True,
         ):
             if t and u and t["hits"]:
                 if t["hits"] != t["total"]:
                     self.errors.append(
-                        f"sdt loop: bpftrace counted {t['hits']} of {t['total']} hits"
+                        f"{loop} loop: bpftrace counted {t['hits']} of {t['total']} hits"
                     )
                 out.append((t["ns"] - u["ns"]) / t["n"])
             else:
                 out.append(None)
         return out
 
-    def sdt_scaling(self) -> float | None:
+    def sdt_scaling(self, loop: str = "sdt") -> float | None:
         """Throughput of traced uprobe hits in 2 threads / 1 thread (C loop)."""
-        one, two = self.samples.get("sdt/traced", []), self.samples.get("sdt/traced2", [])
+        one, two = self.samples.get(f"{loop}/traced", []), self.samples.get(f"{loop}/traced2", [])
         return median(
             [2 * a["ns"] / b["ns"] if a and b else None for a, b in zip(one, two, strict=False)]
         )
@@ -314,6 +328,8 @@ class Bench:
     def compute(self) -> None:
         cost = self.uprobe_cost_ns()
         self.cost_median = median(cost)
+        self.cost5 = self.uprobe_cost_ns("sdt5")
+        self.cost5_median = median(self.cost5)
         for version, py in self.pythons.items():
             if version.endswith("t"):
                 self.compute_threads(version)
@@ -383,10 +399,11 @@ class Bench:
             return
         noop = self.per_run(f"{version}/noop/{ps}/{work}", "time")
         fake = self.per_run(f"{version}/fake/{ps}/{work}", "time")
-        floors, per_hit, dispatch, no_trap = [], [], [], []
-        for s, p, c, n, f in zip(ours, plain, cost, noop, fake, strict=True):
+        floors, floors5, per_hit, dispatch, no_trap = [], [], [], [], []
+        for s, p, c, c5, n, f in zip(ours, plain, cost, self.cost5, noop, fake, strict=True):
             ok = s and p and c and s["hits"]
             floors.append(s["time"] / (p + s["hits"] * c * 1e-9) if ok else None)
+            floors5.append(s["time"] / (p + s["hits"] * c5 * 1e-9) if ok and c5 else None)
             per_hit.append((s["time"] - p) / s["hits"] * 1e9 if ok else None)
             dispatch.append((n - p) / s["hits"] * 1e9 if ok and n else None)
             no_trap.append((f - p) / s["hits"] * 1e9 if ok and f else None)
@@ -394,9 +411,10 @@ class Bench:
         hits_txt = f"{hits:,.0f}" if hits is not None else "?"
         u, h, d, f = median(cost), median(per_hit), median(dispatch), median(no_trap)
         traced = ms(median([s["time"] if s else None for s in ours]))
-        detail = (
-            f"{hits_txt} hits; per hit {ns(h)} vs uprobe {ns(u)}; untrapped: pyusdt callbacks"
-            f" {ns(f)}, no-op C callback {ns(d)}; traced {traced}"
+        f5 = median(floors5)
+        detail = (f"nop5 floor {f5:.2f}x" if f5 else "nop5 floor ?") + (
+            f"; {hits_txt} hits; per hit {ns(h)} vs uprobe {ns(u)} (nop5 {ns(median(self.cost5))})"
+            f"; untrapped: pyusdt callbacks {ns(f)}, no-op C callback {ns(d)}; traced {traced}"
         )
         self.figure(
             "2 traced/floor",
@@ -444,9 +462,10 @@ class Bench:
             label = "PY_START" if mode == "start" else "all 6"
             u = self.untraced_scaling
             detail = f"untraced 2T/1T {u[1]:.2f}x (the machine's own scaling)" if u[1] else ""
-            c = self.sdt_scaling()
-            if c is not None:
-                detail += f"; C uprobe loop 2T/1T {c:.2f}x"
+            for loop, what in (("sdt", "C uprobe loop"), ("sdt5", "nop5")):
+                c = self.sdt_scaling(loop)
+                if c is not None:
+                    detail += f"; {what} 2T/1T {c:.2f}x"
             self.figure(
                 "5 3.13t threads",
                 version,
@@ -542,7 +561,8 @@ def main() -> int:
     table = bench.table()
     print(table)
     print(
-        f"\nuprobe cost per hit (bpftrace count(), sdt_loop): {ns(bench.cost_median)}; "
+        f"\nuprobe cost per hit (bpftrace count(), sdt_loop): {ns(bench.cost_median)}, "
+        f"on a nop5 site {ns(bench.cost5_median)}; "
         f"runs: {bench.runs}; load average before {load_before}, after {load_after}; "
         f"{elapsed:.0f} s ({t_prep:.0f} s setup)"
     )
@@ -574,6 +594,7 @@ def main() -> int:
                 for v, e in bench.pythons.items()
             },
             "uprobe_cost_ns_median": bench.cost_median,
+            "uprobe_cost_nop5_ns_median": bench.cost5_median,
         },
         "figures": bench.figures,
         "samples": bench.samples,

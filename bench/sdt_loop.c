@@ -17,7 +17,10 @@
  *
  * With <sys/sdt.h> (Debian: systemtap-sdt-dev) the probe comes from
  * STAP_PROBE5; without it (-DBENCH_OWN_SDT) the same stapsdt note and
- * semaphore are written here with inline asm.
+ * semaphore are written here with inline asm. -DBENCH_NOP5 writes the probe
+ * site as pyusdt's src/probes.rs does: a 5-byte nop (which Linux 6.18+ turns
+ * into a trampoline call instead of an int3 trap) with the stack pointer
+ * stepped past the red zone around it.
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -27,6 +30,13 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+#ifdef BENCH_NOP5
+#define BENCH_OWN_SDT 1
+#define SITE "lea -128(%%rsp), %%rsp\n990: .byte 0x0f, 0x1f, 0x44, 0x00, 0x00\nlea 128(%%rsp), %%rsp\n"
+#else
+#define SITE "990: nop\n"
+#endif
 
 #ifndef BENCH_OWN_SDT
 #define _SDT_HAS_SEMAPHORES 1
@@ -43,7 +53,7 @@ __extension__ unsigned short bench_tick_semaphore
 /* A stapsdt v3 note: pc, base (.stapsdt.base), semaphore, provider, name, args. */
 #define TICK(a, b, c, d, e)                                                        \
     __asm__ __volatile__(                                                          \
-        "990: nop\n"                                                               \
+        SITE                                                                       \
         ".pushsection .note.stapsdt,\"?\",\"note\"\n"                              \
         ".balign 4\n"                                                              \
         ".4byte 992f-991f, 994f-993f, 3\n"                                         \

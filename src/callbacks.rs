@@ -117,7 +117,7 @@ unsafe fn event<'a>(
 }
 
 macro_rules! start_like {
-    ($fn_name:ident, $probe:expr, $macro:ident) => {
+    ($fn_name:ident, $probe:expr, $site:ident) => {
         pub unsafe extern "C" fn $fn_name(
             module: *mut ffi::PyObject,
             args: Args,
@@ -131,24 +131,24 @@ macro_rules! start_like {
                 Ok(ev) => ev,
                 Err(ret) => return ret,
             };
-            probes::pyusdt::$macro!(|| (
+            probes::fire::$site(
                 ev.info.name as usize,
                 ev.info.file as usize,
                 ev.info.firstlineno,
                 ev.num,
-                ev.st.interp_id
-            ));
+                ev.st.interp_id,
+            );
             drop(ev);
             none()
         }
     };
 }
 
-start_like!(py_start, Probe::PyStart, PY_START);
-start_like!(py_resume, Probe::PyResume, PY_RESUME);
+start_like!(py_start, Probe::PyStart, py_start);
+start_like!(py_resume, Probe::PyResume, py_resume);
 
 macro_rules! value_like {
-    ($fn_name:ident, $probe:expr, $macro:ident, $nargs:expr) => {
+    ($fn_name:ident, $probe:expr, $site:ident, $nargs:expr) => {
         pub unsafe extern "C" fn $fn_name(
             module: *mut ffi::PyObject,
             args: Args,
@@ -167,14 +167,14 @@ macro_rules! value_like {
                 return ptr::null_mut();
             };
             let value_ptr: *const c_char = value.ptr();
-            probes::pyusdt::$macro!(|| (
+            probes::fire::$site(
                 ev.info.name as usize,
                 ev.info.file as usize,
                 ev.info.firstlineno,
                 ev.num,
                 value_ptr as usize,
-                ev.st.interp_id
-            ));
+                ev.st.interp_id,
+            );
             drop(value);
             drop(ev);
             none()
@@ -182,10 +182,10 @@ macro_rules! value_like {
     };
 }
 
-value_like!(py_return, Probe::PyReturn, PY_RETURN, 3);
-value_like!(py_yield, Probe::PyYield, PY_YIELD, 3);
+value_like!(py_return, Probe::PyReturn, py_return, 3);
+value_like!(py_yield, Probe::PyYield, py_yield, 3);
 // CALL passes (code, offset, callable, arg0).
-value_like!(call, Probe::Call, CALL, 4);
+value_like!(call, Probe::Call, call, 4);
 
 pub unsafe extern "C" fn line(
     module: *mut ffi::PyObject,
@@ -201,12 +201,12 @@ pub unsafe extern "C" fn line(
         Err(ret) => return ret,
     };
     let lineno = ev.num as i32;
-    probes::pyusdt::LINE!(|| (
+    probes::fire::line(
         ev.info.name as usize,
         ev.info.file as usize,
         lineno,
-        ev.st.interp_id
-    ));
+        ev.st.interp_id,
+    );
     drop(ev);
     none()
 }
