@@ -12,6 +12,7 @@ use pyo3::ffi;
 use crate::callbacks;
 use crate::code_info;
 use crate::config;
+use crate::fork_sites;
 use crate::monitoring;
 use crate::probes::{self, Probe};
 use crate::repr::PerThread;
@@ -268,6 +269,7 @@ unsafe fn exec_inner(module: *mut ffi::PyObject) -> Result<(), ()> {
             });
             return Ok(());
         }
+        fork_sites::install();
         if entry.is_main {
             register_fork_hooks(module)?;
         }

@@ -27,6 +27,8 @@
 
 use std::ptr::addr_of;
 
+use crate::fork_sites;
+
 #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
 compile_error!("pyusdt's probe sites are written for x86_64 Linux");
 
@@ -41,11 +43,16 @@ macro_rules! site {
         // the note and `.probes` sections. `readonly`, not `nomem`: the tracer
         // reads the strings behind the pointers when the probe fires, so the
         // writes to them must be done by then. The semaphore is a named
-        // symbol, defined once per probe name under `.ifndef`.
+        // symbol, defined once per probe name under `.ifndef`; the site's
+        // symbol (for `fork_sites`) is defined once: the function holding
+        // the site is never inlined.
         #[allow(named_asm_labels)]
         unsafe {
             ::std::arch::asm!(
                 "lea -128(%rsp), %rsp",
+                concat!(".globl __pyusdt_site_", $probe),
+                concat!(".hidden __pyusdt_site_", $probe),
+                concat!("__pyusdt_site_", $probe, ":"),
                 "990: .byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
                 "lea 128(%rsp), %rsp",
                 concat!(".ifndef __usdt_sema_pyusdt_", $probe),
@@ -184,10 +191,11 @@ impl Probe {
         1 << (self as u32)
     }
 
-    /// True while at least one tracer has this probe attached.
+    /// True while at least one tracer has this probe attached (and the
+    /// sites work in this process: see `fork_sites`).
     #[inline(always)]
     pub fn attached(self) -> bool {
-        semaphore(self) != 0
+        semaphore(self) != 0 && !fork_sites::sites_off()
     }
 }
 
@@ -218,6 +226,28 @@ fn semaphore(probe: Probe) -> u16 {
             Probe::Line => addr_of!(__usdt_sema_pyusdt_LINE).read_volatile(),
         }
     }
+}
+
+unsafe extern "C" {
+    static __pyusdt_site_PY_START: u8;
+    static __pyusdt_site_PY_RESUME: u8;
+    static __pyusdt_site_PY_RETURN: u8;
+    static __pyusdt_site_PY_YIELD: u8;
+    static __pyusdt_site_CALL: u8;
+    static __pyusdt_site_LINE: u8;
+}
+
+/// The address of every probe site's 5-byte nop, in probe order.
+pub fn sites() -> [*const u8; 6] {
+    // Only the addresses of the code labels are taken; nothing is read here.
+    [
+        addr_of!(__pyusdt_site_PY_START),
+        addr_of!(__pyusdt_site_PY_RESUME),
+        addr_of!(__pyusdt_site_PY_RETURN),
+        addr_of!(__pyusdt_site_PY_YIELD),
+        addr_of!(__pyusdt_site_CALL),
+        addr_of!(__pyusdt_site_LINE),
+    ]
 }
 
 /// The mask of probes that are attached right now.

@@ -1,0 +1,69 @@
+//! Probe sites in a forked child. Linux 6.18 optimizes a uprobe on a 5-byte
+//! `nop` by rewriting that `nop` into a `call` to a `[uprobes-trampoline]`
+//! page, and `fork()` does not copy that page into the child: a child forked
+//! while a tracer is attached would crash at its first probe hit. A
+//! `pthread_atfork` child handler, which runs inside `fork()` before any
+//! Python code of the child, writes the `nop`s back (through
+//! `/proc/self/mem`, as a debugger pokes code); if it cannot, it switches
+//! the probes off in that process, which then stays untraced but safe.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Once;
+
+use crate::probes;
+
+/// The instruction at every probe site: `nopl 0x0(%rax,%rax,1)`.
+pub const NOP5: [u8; 5] = [0x0f, 0x1f, 0x44, 0x00, 0x00];
+/// The kernel's breakpoint (a uprobe not yet optimized): it handles it in
+/// the child itself.
+const INT3: u8 = 0xcc;
+
+static INSTALL: Once = Once::new();
+static SITES_OFF: AtomicBool = AtomicBool::new(false);
+
+/// Registers the child handler, once per process.
+pub fn install() {
+    INSTALL.call_once(|| {
+        // SAFETY: registers a handler of this library, which CPython never
+        // unloads; the handler only makes async-signal-safe calls.
+        let rc = unsafe { libc::pthread_atfork(None, None, Some(after_fork_child)) };
+        if rc != 0 {
+            // Without the handler a child could crash: no probes at all then.
+            SITES_OFF.store(true, Ordering::Relaxed);
+            crate::config::log(|| format!("pthread_atfork failed ({rc}): probes switched off"));
+        }
+    });
+}
+
+/// True once the probe sites of this process are switched off.
+#[inline(always)]
+pub fn sites_off() -> bool {
+    SITES_OFF.load(Ordering::Relaxed)
+}
+
+extern "C" fn after_fork_child() {
+    for site in probes::sites() {
+        // SAFETY: `site` is the address of a probe site's 5-byte nop in this
+        // library's text, which is mapped and readable.
+        let now = unsafe { std::ptr::read_volatile(site.cast::<[u8; 5]>()) };
+        if now != NOP5 && now[0] != INT3 && !restore(site) {
+            SITES_OFF.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Writes the nop back at `site`; false if that is not possible here.
+fn restore(site: *const u8) -> bool {
+    // SAFETY: open/pwrite/close are async-signal-safe system calls; the write
+    // goes to this process's own text, of which only the forking thread runs
+    // (in the child, inside fork()), and not this site.
+    unsafe {
+        let fd = libc::open(c"/proc/self/mem".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+        if fd < 0 {
+            return false;
+        }
+        let n = libc::pwrite(fd, NOP5.as_ptr().cast(), NOP5.len(), site as libc::off_t);
+        libc::close(fd);
+        n == NOP5.len() as isize && std::ptr::read_volatile(site.cast::<[u8; 5]>()) == NOP5
+    }
+}
