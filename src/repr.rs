@@ -123,7 +123,7 @@ pub unsafe fn bounded<'a>(
     let max = config::get().repr_max;
     // SAFETY: as above.
     if unsafe { bounded::wants(obj, max) } {
-        return unsafe { bounded_repr(s, obj) };
+        return unsafe { bounded_repr(s, keys, obj) };
     }
     s.in_repr.set(true);
     // SAFETY: attached, `obj` valid (the caller's contract).
@@ -152,7 +152,11 @@ pub unsafe fn bounded<'a>(
 }
 
 /// A repr computed only up to the bound (see `bounded`), in the scratch buffer.
-unsafe fn bounded_repr(s: &Scratch, obj: *mut ffi::PyObject) -> Option<Repr<'_>> {
+unsafe fn bounded_repr<'a>(
+    s: &'a Scratch,
+    keys: &Keys,
+    obj: *mut ffi::PyObject,
+) -> Option<Repr<'a>> {
     // The buffer is taken out while Python code runs, so that nothing can
     // observe it borrowed; it goes back (with its capacity) either way.
     let mut buf = std::mem::take(&mut *s.buf.borrow_mut());
@@ -160,7 +164,7 @@ unsafe fn bounded_repr(s: &Scratch, obj: *mut ffi::PyObject) -> Option<Repr<'_>>
     s.in_repr.set(true);
     // SAFETY: attached, `obj` valid (the caller's contract).
     let max = config::get().repr_max;
-    let res = unsafe { bounded::repr_into(obj, &mut buf, max) };
+    let res = unsafe { bounded::repr_into(obj, &mut buf, max, keys) };
     s.in_repr.set(false);
     if res.is_err() {
         *s.buf.borrow_mut() = buf;
