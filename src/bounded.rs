@@ -204,6 +204,7 @@ unsafe fn bytes_prefix(
 
 /// Enters a container's repr like CPython does: recursion limit, and
 /// `Py_ReprEnter` for self-reference (`[...]`). `Ok(false)`: already inside.
+#[cfg(not(Py_GIL_DISABLED))]
 unsafe fn enter(obj: *mut ffi::PyObject) -> Result<bool, ()> {
     // SAFETY: attached; `obj` valid.
     unsafe {
@@ -224,6 +225,7 @@ unsafe fn enter(obj: *mut ffi::PyObject) -> Result<bool, ()> {
     }
 }
 
+#[cfg(not(Py_GIL_DISABLED))]
 unsafe fn leave(obj: *mut ffi::PyObject) {
     // SAFETY: pairs a successful `enter`.
     unsafe {
