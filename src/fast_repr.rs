@@ -1,10 +1,10 @@
 //! Fast reprs: `repr()`'s exact text for the commonest values, written from
-//! the object's fields (or a static string) with no Python object made and no
-//! Python code run. Anything unusual returns `None` (no error set) and the
+//! the object's fields (or a static string) with no Python object made and,
+//! short of a non-str key forced into a class's dict, no Python code run. Anything unusual returns `None` (no error set) and the
 //! caller falls back to `PyObject_Repr`.
 //!
 //! Each path follows CPython 3.12-3.14's own formatting: `none_repr`,
-//! `bool_repr`, `long_to_decimal_string`, `func_repr`, `type_repr`,
+//! `bool_repr`, `long_to_decimal_string`, `float_repr`, `func_repr`, `type_repr`,
 //! `meth_repr`, `method_repr` (descrobject.c) and `unicode_repr`.
 //! On the free-threaded build only immutable data is read: the paths that
 //! read a field Python code may reassign meanwhile (a function's qualname, a
@@ -84,6 +84,8 @@ pub unsafe fn write(
             int(obj, out)
         } else if ty == &raw mut ffi::PyUnicode_Type {
             ascii_str(obj, out, limit)
+        } else if ty == &raw mut ffi::PyFloat_Type {
+            float(obj, out)
         } else if ty == &raw mut ffi::PyType_Type {
             class(obj, keys, out)
         } else if ty == &raw mut ffi::PyCFunction_Type || ty == &raw mut ffi::PyCMethod_Type {
@@ -182,6 +184,28 @@ unsafe fn int(obj: *mut ffi::PyObject, out: &mut Vec<u8>) -> Option<()> {
             return None;
         }
         let _ = write!(out, "{v}");
+        Some(())
+    }
+}
+
+/// Exact `float`: the very call `float_repr` makes, minus the str.
+unsafe fn float(obj: *mut ffi::PyObject, out: &mut Vec<u8>) -> Option<()> {
+    // SAFETY: attached; `obj` is an exact float; the buffer CPython returns
+    // is NUL-terminated ASCII and freed with PyMem_Free.
+    unsafe {
+        let p = ffi::PyOS_double_to_string(
+            ffi::PyFloat_AS_DOUBLE(obj),
+            b'r' as c_char,
+            0,
+            ffi::Py_DTSF_ADD_DOT_0,
+            std::ptr::null_mut(),
+        );
+        if p.is_null() {
+            ffi::PyErr_Clear();
+            return None;
+        }
+        out.extend_from_slice(CStr::from_ptr(p).to_bytes());
+        ffi::PyMem_Free(p.cast());
         Some(())
     }
 }

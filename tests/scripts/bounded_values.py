@@ -156,6 +156,17 @@ def values():
         dict.items,
         str.join,
         re.Pattern.match,
+        # floats
+        0.0,
+        -0.0,
+        2.5,
+        0.1,
+        1e22,
+        1e16,
+        1.5e-300,
+        float("inf"),
+        float("-inf"),
+        float("nan"),
         # str: quotes, escapes, lengths around the bound, non-ASCII
         "",
         "plain",
@@ -172,7 +183,7 @@ def values():
         "héllo",
         "日本語",
         # the same inside containers (bounded.rs)
-        [None, True, False, len, int, Plain, dict.items, [].append, "a'b", "\t"],
+        [None, True, False, 1.25, len, int, Plain, dict.items, [].append, "a'b", "\t"],
         {"k": None, int: "v", "q'": ('"',)},
     ]
 
