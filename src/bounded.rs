@@ -2,7 +2,8 @@
 //! repr can be large and whose format CPython fixes (exact `str` and `bytes`,
 //! and on GIL builds exact `list`, `tuple` and `dict`), produce the first
 //! bytes of exactly what `repr()` would return, and stop once past the bound.
-//! Everything else (subclasses, other types) goes through `PyObject_Repr`.
+//! Elements that `fast_repr` knows are written by it; everything else
+//! (subclasses, other types) goes through `PyObject_Repr`.
 //!
 //! Invariant: after `repr_into(obj, out, limit)`, either `out` ends with the
 //! whole of `repr(obj)`, or `out.len() >= limit` and its first `limit` bytes
@@ -11,6 +12,8 @@
 use std::ffi::c_char;
 
 use pyo3::ffi;
+
+use crate::fast_repr::{self, Fast, Keys};
 
 /// Should `repr_into` handle this value (rather than a plain `PyObject_Repr`)?
 ///
@@ -32,11 +35,12 @@ pub unsafe fn wants(obj: *mut ffi::PyObject, limit: usize) -> bool {
 /// invariant above). `Err` leaves the Python error set.
 ///
 /// # Safety
-/// Attached; `obj` is valid.
+/// Attached; `obj` is valid; `keys` belong to this interpreter.
 pub unsafe fn repr_into(
     obj: *mut ffi::PyObject,
     out: &mut Vec<u8>,
     limit: usize,
+    keys: &Keys,
 ) -> Result<(), ()> {
     if out.len() >= limit {
         return Ok(());
@@ -45,31 +49,44 @@ pub unsafe fn repr_into(
     // SAFETY: attached, `obj` valid (the caller's contract).
     unsafe {
         if ffi::PyUnicode_CheckExact(obj) != 0 && ffi::PyUnicode_GetLength(obj) as usize > room {
-            return str_prefix(obj, out, room);
+            return str_prefix(obj, out, limit, keys);
         }
         if ffi::PyBytes_CheckExact(obj) != 0 && ffi::PyBytes_Size(obj) as usize > room {
-            return bytes_prefix(obj, out, room);
+            return bytes_prefix(obj, out, limit, keys);
         }
         #[cfg(not(Py_GIL_DISABLED))]
         {
             if ffi::PyList_CheckExact(obj) != 0 {
-                return sequence(obj, out, limit, b'[', b']', false);
+                return sequence(obj, out, limit, keys, b'[', b']', false);
             }
             if ffi::PyTuple_CheckExact(obj) != 0 {
-                return sequence(obj, out, limit, b'(', b')', true);
+                return sequence(obj, out, limit, keys, b'(', b')', true);
             }
             if ffi::PyDict_CheckExact(obj) != 0 {
-                return dict(obj, out, limit);
+                return dict(obj, out, limit, keys);
             }
         }
-        append_repr(obj, out)
+        append_repr(obj, out, limit, keys)
     }
 }
 
-/// Appends the UTF-8 of `repr(obj)`.
-unsafe fn append_repr(obj: *mut ffi::PyObject, out: &mut Vec<u8>) -> Result<(), ()> {
+/// Appends the UTF-8 of `repr(obj)` (a str's only up to `limit`, see the invariant).
+unsafe fn append_repr(
+    obj: *mut ffi::PyObject,
+    out: &mut Vec<u8>,
+    limit: usize,
+    keys: &Keys,
+) -> Result<(), ()> {
     // SAFETY: attached; the repr is released after copying.
     unsafe {
+        match fast_repr::write(obj, keys, out, limit) {
+            Some(Fast::Static(text)) => {
+                out.extend_from_slice(text.to_bytes());
+                return Ok(());
+            }
+            Some(Fast::Written) => return Ok(()),
+            None => {}
+        }
         let r = ffi::PyObject_Repr(obj);
         if r.is_null() {
             return Err(());
@@ -97,7 +114,13 @@ unsafe fn append_utf8(s: *mut ffi::PyObject, out: &mut Vec<u8>) -> Result<(), ()
 /// `"`), so the prefix is extended with the quote characters the whole value
 /// holds and the prefix lacks: its repr then picks the same quote, and starts
 /// with the same `1 + room` bytes or more as the whole value's repr.
-unsafe fn str_prefix(obj: *mut ffi::PyObject, out: &mut Vec<u8>, room: usize) -> Result<(), ()> {
+unsafe fn str_prefix(
+    obj: *mut ffi::PyObject,
+    out: &mut Vec<u8>,
+    limit: usize,
+    keys: &Keys,
+) -> Result<(), ()> {
+    let room = limit - out.len();
     // SAFETY: attached; `obj` is an exact str longer than `room`; every new
     // object is checked and released.
     unsafe {
@@ -140,14 +163,20 @@ unsafe fn str_prefix(obj: *mut ffi::PyObject, out: &mut Vec<u8>, room: usize) ->
             }
             joined
         };
-        let res = append_repr(target, out);
+        let res = append_repr(target, out, limit, keys);
         ffi::Py_DECREF(target);
         res
     }
 }
 
 /// As `str_prefix`, for bytes (same quote rule).
-unsafe fn bytes_prefix(obj: *mut ffi::PyObject, out: &mut Vec<u8>, room: usize) -> Result<(), ()> {
+unsafe fn bytes_prefix(
+    obj: *mut ffi::PyObject,
+    out: &mut Vec<u8>,
+    limit: usize,
+    keys: &Keys,
+) -> Result<(), ()> {
+    let room = limit - out.len();
     // SAFETY: attached; `obj` is an exact bytes object longer than `room`.
     unsafe {
         let mut p: *mut c_char = std::ptr::null_mut();
@@ -167,7 +196,7 @@ unsafe fn bytes_prefix(obj: *mut ffi::PyObject, out: &mut Vec<u8>, room: usize) 
         if target.is_null() {
             return Err(());
         }
-        let res = append_repr(target, out);
+        let res = append_repr(target, out, limit, keys);
         ffi::Py_DECREF(target);
         res
     }
@@ -175,6 +204,7 @@ unsafe fn bytes_prefix(obj: *mut ffi::PyObject, out: &mut Vec<u8>, room: usize) 
 
 /// Enters a container's repr like CPython does: recursion limit, and
 /// `Py_ReprEnter` for self-reference (`[...]`). `Ok(false)`: already inside.
+#[cfg(not(Py_GIL_DISABLED))]
 unsafe fn enter(obj: *mut ffi::PyObject) -> Result<bool, ()> {
     // SAFETY: attached; `obj` valid.
     unsafe {
@@ -195,6 +225,7 @@ unsafe fn enter(obj: *mut ffi::PyObject) -> Result<bool, ()> {
     }
 }
 
+#[cfg(not(Py_GIL_DISABLED))]
 unsafe fn leave(obj: *mut ffi::PyObject) {
     // SAFETY: pairs a successful `enter`.
     unsafe {
@@ -208,6 +239,7 @@ unsafe fn sequence(
     obj: *mut ffi::PyObject,
     out: &mut Vec<u8>,
     limit: usize,
+    keys: &Keys,
     open: u8,
     close: u8,
     is_tuple: bool,
@@ -240,7 +272,7 @@ unsafe fn sequence(
                 break;
             }
             ffi::Py_INCREF(item);
-            res = repr_into(item, out, limit);
+            res = repr_into(item, out, limit, keys);
             ffi::Py_DECREF(item);
             if res.is_err() {
                 break;
@@ -259,7 +291,12 @@ unsafe fn sequence(
 }
 
 #[cfg(not(Py_GIL_DISABLED))]
-unsafe fn dict(obj: *mut ffi::PyObject, out: &mut Vec<u8>, limit: usize) -> Result<(), ()> {
+unsafe fn dict(
+    obj: *mut ffi::PyObject,
+    out: &mut Vec<u8>,
+    limit: usize,
+    keys: &Keys,
+) -> Result<(), ()> {
     // SAFETY: attached; keys and values are held while their reprs run, and
     // `PyDict_Next` tolerates a dict changed meanwhile, as in CPython's own.
     unsafe {
@@ -284,10 +321,10 @@ unsafe fn dict(obj: *mut ffi::PyObject, out: &mut Vec<u8>, limit: usize) -> Resu
             first = false;
             ffi::Py_INCREF(key);
             ffi::Py_INCREF(value);
-            res = repr_into(key, out, limit);
+            res = repr_into(key, out, limit, keys);
             if res.is_ok() && out.len() < limit {
                 out.extend_from_slice(b": ");
-                res = repr_into(value, out, limit);
+                res = repr_into(value, out, limit, keys);
             }
             ffi::Py_DECREF(key);
             ffi::Py_DECREF(value);

@@ -163,7 +163,8 @@ macro_rules! value_like {
                 Err(ret) => return ret,
             };
             // SAFETY: attached to the interpreter that owns `ev.st.scratch`.
-            let Some(value) = (unsafe { repr::bounded(&ev.st.scratch, ev.args[2]) }) else {
+            let Some(value) = (unsafe { repr::bounded(&ev.st.scratch, &ev.st.keys, ev.args[2]) })
+            else {
                 return ptr::null_mut();
             };
             let value_ptr: *const c_char = value.ptr();

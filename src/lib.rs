@@ -12,6 +12,7 @@ mod bounded;
 mod callbacks;
 mod code_info;
 mod config;
+mod fast_repr;
 mod fork_sites;
 mod module;
 mod monitoring;

@@ -12,6 +12,7 @@ use pyo3::ffi;
 use crate::callbacks;
 use crate::code_info;
 use crate::config;
+use crate::fast_repr::Keys;
 use crate::fork_sites;
 use crate::monitoring;
 use crate::probes::{self, Probe};
@@ -214,6 +215,7 @@ unsafe fn exec_inner(module: *mut ffi::PyObject) -> Result<(), ()> {
             enabled: 0.into(),
             told_no_tool: false.into(),
             scratch: PerThread::new(),
+            keys: Keys::empty(),
             entry: None,
         });
         // From here on `st` owns its objects; storing it in the module slot
@@ -224,6 +226,7 @@ unsafe fn exec_inner(module: *mut ffi::PyObject) -> Result<(), ()> {
         let st = &mut *st_ptr;
 
         st.disable = check(ffi::PyObject_GetAttrString(monitoring, c"DISABLE".as_ptr()))?;
+        st.keys.init()?;
         let events = check(ffi::PyObject_GetAttrString(monitoring, c"events".as_ptr()))?;
         for p in Probe::ALL {
             let name = std::ffi::CString::new(p.name()).expect("probe names have no NUL");
@@ -547,12 +550,13 @@ unsafe extern "C" fn free(module: *mut c_void) {
                 return;
             }
         }
-        let st = Box::from_raw(st_ptr);
+        let mut st = Box::from_raw(st_ptr);
         for &obj in st.callbacks.iter() {
             ffi::Py_XDECREF(obj);
         }
         ffi::Py_XDECREF(st.monitoring);
         ffi::Py_XDECREF(st.disable);
+        st.keys.release();
         drop(st);
     }
 }

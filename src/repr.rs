@@ -3,7 +3,9 @@
 //!
 //! A repr that fits in `PYUSDT_REPR_MAX` bytes is passed as the `str`'s own UTF-8
 //! buffer (no copy); a longer one is cut at a character boundary into the
-//! thread's scratch buffer. When `repr()` raises an `Exception`, the event
+//! thread's scratch buffer. The commonest values skip `PyObject_Repr`: their
+//! exact repr is written straight into the scratch buffer or is a static
+//! string (`fast_repr`). When `repr()` raises an `Exception`, the event
 //! still fires with `<repr failed: TypeName>` and the exception is cleared,
 //! so the traced program never sees it. A `BaseException` that is not an
 //! `Exception` (KeyboardInterrupt from a signal handler, SystemExit) is left
@@ -14,13 +16,14 @@
 //! recurse into `repr()` again.
 
 use std::cell::{Cell, RefCell};
-use std::ffi::c_char;
+use std::ffi::{c_char, CStr};
 
 use pyo3::ffi;
 use thread_local::ThreadLocal;
 
 use crate::bounded;
 use crate::config;
+use crate::fast_repr::{self, Fast, Keys};
 
 /// Per-thread state of one interpreter (threads can switch interpreters, so
 /// it is kept per interpreter, not in a `thread_local!`).
@@ -38,6 +41,8 @@ pub enum Repr<'a> {
     Str(*mut ffi::PyObject, *const c_char),
     /// Bytes in the thread's scratch buffer (NUL-terminated).
     Scratch(std::cell::Ref<'a, Vec<u8>>),
+    /// Static text (`None`, `True`, ...).
+    Static(&'static CStr),
 }
 
 impl Repr<'_> {
@@ -45,6 +50,7 @@ impl Repr<'_> {
         match self {
             Repr::Str(_, p) => *p,
             Repr::Scratch(b) => b.as_ptr().cast(),
+            Repr::Static(t) => t.as_ptr(),
         }
     }
 }
@@ -81,54 +87,18 @@ fn finish(buf: &mut Vec<u8>) {
     buf.push(0);
 }
 
-/// Reprs written straight into the scratch buffer, with no Python object
-/// made, for the commonest values whose repr CPython formats from fields:
-/// exact `int`s that fit 64 bits, and (GIL builds, where the qualname cannot
-/// change under us) Python functions, `<function QUALNAME at 0xADDR>`.
-/// The text is the same as `repr()`'s.
-unsafe fn fast<'a>(s: &'a Scratch, obj: *mut ffi::PyObject) -> Option<Repr<'a>> {
-    use std::io::Write;
-    // SAFETY: attached; `obj` valid; fields are read only for exact types.
-    unsafe {
-        if ffi::PyLong_CheckExact(obj) != 0 {
-            let mut overflow = 0;
-            let v = ffi::PyLong_AsLongLongAndOverflow(obj, &mut overflow);
-            if overflow != 0 || (v == -1 && !ffi::PyErr_Occurred().is_null()) {
-                ffi::PyErr_Clear();
-                return None;
-            }
-            {
-                let mut buf = s.buf.borrow_mut();
-                buf.clear();
-                let _ = write!(buf, "{v}");
-                finish(&mut buf);
-            }
-            return Some(Repr::Scratch(s.buf.borrow()));
+/// A fast repr (see `fast_repr`) in the scratch buffer, or static text.
+unsafe fn fast<'a>(s: &'a Scratch, keys: &Keys, obj: *mut ffi::PyObject) -> Option<Repr<'a>> {
+    let mut buf = s.buf.borrow_mut();
+    buf.clear();
+    // SAFETY: attached, `obj` valid, `keys` of this interpreter (the caller's contract).
+    match unsafe { fast_repr::write(obj, keys, &mut buf, config::get().repr_max) }? {
+        Fast::Static(text) => Some(Repr::Static(text)),
+        Fast::Written => {
+            finish(&mut buf);
+            drop(buf);
+            Some(Repr::Scratch(s.buf.borrow()))
         }
-        #[cfg(not(Py_GIL_DISABLED))]
-        if ffi::PyFunction_Check(obj) != 0 {
-            let q = (*(obj as *mut ffi::PyFunctionObject)).func_qualname;
-            if q.is_null() || ffi::PyUnicode_Check(q) == 0 {
-                return None;
-            }
-            let mut len: ffi::Py_ssize_t = 0;
-            let p = ffi::PyUnicode_AsUTF8AndSize(q, &mut len);
-            if p.is_null() {
-                ffi::PyErr_Clear();
-                return None;
-            }
-            let name = std::slice::from_raw_parts(p.cast::<u8>(), len as usize);
-            {
-                let mut buf = s.buf.borrow_mut();
-                buf.clear();
-                buf.extend_from_slice(b"<function ");
-                buf.extend_from_slice(name);
-                let _ = write!(buf, " at {:#x}>", obj as usize);
-                finish(&mut buf);
-            }
-            return Some(Repr::Scratch(s.buf.borrow()));
-        }
-        None
     }
 }
 
@@ -136,20 +106,24 @@ unsafe fn fast<'a>(s: &'a Scratch, obj: *mut ffi::PyObject) -> Option<Repr<'a>> 
 /// must propagate (it is left set).
 ///
 /// # Safety
-/// Attached to the interpreter that owns `scratch`; `obj` is valid.
-pub unsafe fn bounded<'a>(scratch: &'a PerThread, obj: *mut ffi::PyObject) -> Option<Repr<'a>> {
+/// Attached to the interpreter that owns `scratch` and `keys`; `obj` is valid.
+pub unsafe fn bounded<'a>(
+    scratch: &'a PerThread,
+    keys: &Keys,
+    obj: *mut ffi::PyObject,
+) -> Option<Repr<'a>> {
     let s = scratch.get_or_default();
     if s.in_repr.get() {
         return Some(write_scratch(s, &[b"<re-entrant repr>"]));
     }
     // SAFETY: attached, `obj` valid (the caller's contract).
-    if let Some(r) = unsafe { fast(s, obj) } {
+    if let Some(r) = unsafe { fast(s, keys, obj) } {
         return Some(r);
     }
     let max = config::get().repr_max;
     // SAFETY: as above.
     if unsafe { bounded::wants(obj, max) } {
-        return unsafe { bounded_repr(s, obj) };
+        return unsafe { bounded_repr(s, keys, obj) };
     }
     s.in_repr.set(true);
     // SAFETY: attached, `obj` valid (the caller's contract).
@@ -178,7 +152,11 @@ pub unsafe fn bounded<'a>(scratch: &'a PerThread, obj: *mut ffi::PyObject) -> Op
 }
 
 /// A repr computed only up to the bound (see `bounded`), in the scratch buffer.
-unsafe fn bounded_repr(s: &Scratch, obj: *mut ffi::PyObject) -> Option<Repr<'_>> {
+unsafe fn bounded_repr<'a>(
+    s: &'a Scratch,
+    keys: &Keys,
+    obj: *mut ffi::PyObject,
+) -> Option<Repr<'a>> {
     // The buffer is taken out while Python code runs, so that nothing can
     // observe it borrowed; it goes back (with its capacity) either way.
     let mut buf = std::mem::take(&mut *s.buf.borrow_mut());
@@ -186,7 +164,7 @@ unsafe fn bounded_repr(s: &Scratch, obj: *mut ffi::PyObject) -> Option<Repr<'_>>
     s.in_repr.set(true);
     // SAFETY: attached, `obj` valid (the caller's contract).
     let max = config::get().repr_max;
-    let res = unsafe { bounded::repr_into(obj, &mut buf, max) };
+    let res = unsafe { bounded::repr_into(obj, &mut buf, max, keys) };
     s.in_repr.set(false);
     if res.is_err() {
         *s.buf.borrow_mut() = buf;

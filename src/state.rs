@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use pyo3::ffi;
 
+use crate::fast_repr::Keys;
 use crate::probes::Probe;
 use crate::repr::PerThread;
 use crate::watcher::Entry;
@@ -37,6 +38,8 @@ pub struct State {
     /// "No free tool id" was logged already (log it once per shortage).
     pub told_no_tool: AtomicBool,
     pub scratch: PerThread,
+    /// Owned interned names for the fast reprs.
+    pub keys: Keys,
     /// This interpreter's watcher registration; `None` for a second copy of
     /// the module in the same interpreter, which stays passive.
     pub entry: Option<Arc<Entry>>,

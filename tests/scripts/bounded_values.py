@@ -4,6 +4,11 @@
 returns each value from `ret` so that PY_RETURN carries its repr.
 """
 
+import collections
+import gc
+import math
+import re
+
 
 class Loud(list):
     def __repr__(self):
@@ -13,6 +18,68 @@ class Loud(list):
 class Bad:
     def __repr__(self):
         raise ValueError("no")
+
+
+class Plain:
+    __module__ = "pkg.mod"  # the same in the target (run as __main__) and in the test
+
+
+class Renamed:
+    __module__ = "pkg.mod"
+
+
+Renamed.__qualname__ = "Outer.Inner"
+
+
+class NonStrModule:
+    pass
+
+
+NonStrModule.__module__ = 42
+
+
+class NoModule:
+    pass
+
+
+# type.__module__ cannot be deleted; the class dict itself can lose it.
+del gc.get_referents(NoModule.__dict__)[0]["__module__"]
+
+
+class StrSubclass(str):
+    pass
+
+
+class SubclassModule:
+    pass
+
+
+SubclassModule.__module__ = StrSubclass("pkg.sub")
+
+
+class InBuiltins:
+    __module__ = "builtins"
+
+
+class Meta(type):
+    def __repr__(cls):
+        return "Meta!"
+
+
+class WithMeta(metaclass=Meta):
+    pass
+
+
+class PlainMeta(type):
+    pass
+
+
+class WithPlainMeta(metaclass=PlainMeta):
+    __module__ = "pkg.mod"
+
+
+class MyList(list):
+    __module__ = "pkg.mod"
 
 
 def ret(v):
@@ -59,6 +126,65 @@ def values():
         Loud.__repr__,
         long_name(),
         [ret, 12, -(2**64)],
+        # singletons
+        None,
+        False,
+        ...,
+        NotImplemented,
+        # classes: static, heap, renamed, odd __module__, metaclasses
+        int,
+        type,
+        object,
+        collections.OrderedDict,
+        re.Pattern,
+        Plain,
+        Renamed,
+        NonStrModule,
+        NoModule,
+        SubclassModule,
+        InBuiltins,
+        WithMeta,
+        WithPlainMeta,
+        MyList,
+        # built-in functions and methods, method descriptors
+        len,
+        math.sqrt,
+        [].append,
+        {}.get,
+        dict.fromkeys,
+        MyList().append,
+        dict.items,
+        str.join,
+        re.Pattern.match,
+        # floats
+        0.0,
+        -0.0,
+        2.5,
+        0.1,
+        1e22,
+        1e16,
+        1.5e-300,
+        float("inf"),
+        float("-inf"),
+        float("nan"),
+        # str: quotes, escapes, lengths around the bound, non-ASCII
+        "",
+        "plain",
+        "it's",
+        'say "hi"',
+        "both ' and \"",
+        "\t\n\r\x00\x01\x1f\x7f\\ end",
+        "x" * 200,
+        "x" * 300,
+        "y" * 1000 + "'",
+        "z" * 1030,
+        "'" * 600,
+        "\x00" * 300,
+        "héllo",
+        "日本語",
+        # the same inside containers (bounded.rs)
+        [None, True, False, 1.25, len, int, Plain, dict.items, [].append, "a'b", "\t"],
+        {"k": None, int: "v", "q'": ('"',)},
     ]
 
 
