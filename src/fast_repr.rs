@@ -1,7 +1,8 @@
 //! Fast reprs: `repr()`'s exact text for the commonest values, written from
 //! the object's fields (or a static string) with no Python object made and,
-//! short of a non-str key forced into a class's dict, no Python code run. Anything unusual returns `None` (no error set) and the
-//! caller falls back to `PyObject_Repr`.
+//! short of a non-str key forced into a class's dict, no Python code run.
+//! Anything unusual returns `None` (no error set) and the caller falls back
+//! to `PyObject_Repr`.
 //!
 //! Each path follows CPython 3.12-3.14's own formatting: `none_repr`,
 //! `bool_repr`, `long_to_decimal_string`, `float_repr`, `func_repr`, `type_repr`,
