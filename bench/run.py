@@ -181,6 +181,11 @@ class Bench:
                         self.jobs[f"{version}/threads/untraced/{t}"] = lambda o=ours, w=w: (
                             measure.untraced(o, w, True)
                         )
+                        # CPython's own dispatch to a no-op C callback on PY_START.
+                        noop = [*w, "--noop-events", "0x1"]
+                        self.jobs[f"{version}/threads/noop/{t}"] = lambda o=ours, w=noop: (
+                            measure.untraced(o, w, False)
+                        )
                         for ps in ("start", "all"):
                             self.jobs[f"{version}/threads/{ps}/{t}"] = lambda o=ours, w=w, ps=ps: (
                                 measure.traced(o, w, ps)
@@ -452,16 +457,20 @@ class Bench:
         )
 
     def compute_threads(self, version: str) -> None:
-        for mode in ("untraced", "start", "all"):
+        scaling = {}
+        for mode in ("untraced", "noop", "start", "all"):
             t1 = self.per_run(f"{version}/threads/{mode}/1", "time")
             t2 = self.per_run(f"{version}/threads/{mode}/2", "time")
             scale = [2 * a / b if a and b else None for a, b in zip(t1, t2, strict=True)]
-            if mode == "untraced":
-                self.untraced_scaling = (version, median(scale), scale)
+            scaling[mode] = median(scale)
+            if mode in ("untraced", "noop"):
                 continue
             label = "PY_START" if mode == "start" else "all 6"
-            u = self.untraced_scaling
-            detail = f"untraced 2T/1T {u[1]:.2f}x (the machine's own scaling)" if u[1] else ""
+            detail = ""
+            if scaling["untraced"]:
+                detail += f"untraced 2T/1T {scaling['untraced']:.2f}x (the machine's own scaling)"
+            if scaling["noop"]:
+                detail += f"; no-op C callback on PY_START {scaling['noop']:.2f}x"
             for loop, what in (("sdt", "C uprobe loop"), ("sdt5", "nop5")):
                 c = self.sdt_scaling(loop)
                 if c is not None:

@@ -18,9 +18,11 @@ options:
                       the time is from starting the first to joining the last.
   --repeat K          run it K times (default 1); BENCH_TIME is the fastest (other
                       load only ever adds time), BENCH_TIMES lists them all.
-  --noop-events MASK  (plain python, for the breakdown) register a no-op C callable,
-                      "".format, for the events of MASK under a free tool id: what
-                      CPython's event dispatch alone costs, without any probe.
+  --noop-events MASK  (plain python, for the breakdown) register a no-op C callable
+                      for the events of MASK under a free tool id: what CPython's event
+                      dispatch alone costs, without any probe. operator.is_ (fast-call,
+                      allocates nothing) for the two-argument events, "".format (which
+                      packs its arguments in a tuple) for the others.
   --fake-attach LIB=MASK  (for the breakdown) set the USDT semaphores of the probes in
                       MASK (event bits) in the library LIB, as a tracer would, but
                       without any uprobe: pyusdt enables the events and its callbacks
@@ -125,12 +127,17 @@ def wait_for_events(mask: int, timeout: float) -> bool:
 
 
 def noop_monitoring(mask: int) -> None:
+    import operator
+
     mon = sys.monitoring
     tool = next(t for t in (5, 4, 3) if mon.get_tool(t) is None)
     mon.use_tool_id(tool, "bench-noop")
-    noop = "".format  # a C callable that accepts any arguments and returns ""
+    two_args = mon.events.PY_START | mon.events.PY_RESUME | mon.events.LINE
     for bit in range(6):
         if mask & (1 << bit):
+            # C callables that return at once: is_(code, offset) -> bool, and
+            # "".format(*args) -> "" for the events with more arguments.
+            noop = operator.is_ if (1 << bit) & two_args else "".format
             mon.register_callback(tool, 1 << bit, noop)
     mon.set_events(tool, mask)
 
