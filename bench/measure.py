@@ -26,6 +26,8 @@ PROBES = ("PY_START", "PY_RESUME", "PY_RETURN", "PY_YIELD", "CALL", "LINE")
 # sys.monitoring.events bits of the probes' events (the same in 3.12 .. 3.14).
 EVENT_BIT = {"PY_START": 1, "PY_RESUME": 2, "PY_RETURN": 4, "PY_YIELD": 8, "CALL": 16, "LINE": 32}
 PROBE_SETS = {"start": ("PY_START",), "all": PROBES}
+# Processes per untraced sample (see `untraced`).
+UNTRACED_PROCS = 3
 
 
 class MeasureError(Exception):
@@ -53,22 +55,26 @@ def _bench_times(out: str, err: str, what: str) -> list[float]:
     return [float(t) for t in m.group(1).split()]
 
 
-def untraced(py: Python, work: list[str], via_pyusdt: bool) -> dict:
-    """`python workload.py ...` (or `python -m pyusdt workload.py ...`), no tracer.
-    The sample's time is the fastest repeat."""
+def untraced(py: Python, work: list[str], via_pyusdt: bool, procs: int = UNTRACED_PROCS) -> dict:
+    """`python workload.py ...` (or `python -m pyusdt workload.py ...`), no tracer, in
+    `procs` processes one after the other. The sample's time is the fastest repeat of
+    them all: on the VMs this runs on, a whole process can run up to 2x slower than the
+    next one, whatever it runs, and other load only ever adds time."""
     cmd = [py.exe, *(["-m", "pyusdt"] if via_pyusdt else []), WORKLOAD, *work]
-    proc = subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        env=target_env(),
-        cwd=target_cwd(),
-        timeout=600,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise MeasureError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr[-800:]}")
-    times = _bench_times(proc.stdout, proc.stderr, " ".join(cmd))
+    times: list[float] = []
+    for _ in range(procs):
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            env=target_env(),
+            cwd=target_cwd(),
+            timeout=600,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise MeasureError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr[-800:]}")
+        times += _bench_times(proc.stdout, proc.stderr, " ".join(cmd))
     return {"time": min(times), "times": times}
 
 

@@ -48,7 +48,8 @@ from measure import MeasureError  # noqa: E402
 
 # Workload sizes: "large" for the untraced overhead (long enough for 2 % to show),
 # "small" for traced runs (every event costs a uprobe trap). Each target process runs
-# its workload `*_repeat` times and reports the fastest (other load only adds time).
+# its workload `*_repeat` times and reports the fastest (other load only adds time);
+# an untraced sample is the fastest of measure.UNTRACED_PROCS such processes.
 SIZES = {
     "full": {
         "large": {"fib": 27, "json": 40},
