@@ -78,6 +78,21 @@ def untraced(py: Python, work: list[str], via_pyusdt: bool, procs: int = UNTRACE
     return {"time": min(times), "times": times}
 
 
+def untraced_pair(py: Python, work: list[str], procs: int = UNTRACED_PROCS) -> dict:
+    """`untraced` plain and under `-m pyusdt`, their processes alternating (so that both
+    see the same moments of the machine): {"plain": seconds, "pyusdt": seconds, ...}."""
+    runs: dict[str, list[float]] = {"plain": [], "pyusdt": []}
+    for _ in range(procs):
+        for name in runs:
+            runs[name] += untraced(py, work, name == "pyusdt", procs=1)["times"]
+    return {
+        "plain": min(runs["plain"]),
+        "pyusdt": min(runs["pyusdt"]),
+        "plain_times": runs["plain"],
+        "pyusdt_times": runs["pyusdt"],
+    }
+
+
 def _counts(bt_out: str) -> dict[str, int]:
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^@(\w+): (\d+)$", bt_out, re.M)}
 
