@@ -6,8 +6,8 @@
 //! of one instruction: `usdt` (like `<sys/sdt.h>`) places a 1-byte `nop` at
 //! each site, which the kernel can only trap (int3). Linux 6.18+ turns a
 //! uprobe on a 5-byte `nop` into a call to a trampoline that enters the kernel
-//! through the `uprobe` syscall: measured here, 335 ns per hit instead of
-//! 610 ns (bench/sdt_loop.c, nop5 vs nop). Older kernels trap on the 5-byte
+//! through the `uprobe` syscall: measured here, 248 ns per hit instead of
+//! 496 ns (bench/sdt_loop.c, nop5 vs nop; README "Performance"). Older kernels trap on the 5-byte
 //! `nop` as on the 1-byte one. The 6.18 trampoline is entered with `call`,
 //! which writes below the stack pointer, so the site steps the stack pointer
 //! past the red zone around the `nop`.
