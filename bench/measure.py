@@ -55,6 +55,14 @@ def _bench_times(out: str, err: str, what: str) -> list[float]:
     return [float(t) for t in m.group(1).split()]
 
 
+def thread_times(out: str) -> dict[int, float]:
+    """{thread count: fastest time} from a `--threads 1,2` run's BENCH_TIMES_T lines."""
+    return {
+        int(m.group(1)): min(float(t) for t in m.group(2).split())
+        for m in re.finditer(r"^BENCH_TIMES_T(\d+) (.+)$", out, re.M)
+    }
+
+
 def untraced(py: Python, work: list[str], via_pyusdt: bool, procs: int = UNTRACED_PROCS) -> dict:
     """`python workload.py ...` (or `python -m pyusdt workload.py ...`), no tracer, in
     `procs` processes one after the other. The sample's time is the fastest repeat of
@@ -62,6 +70,7 @@ def untraced(py: Python, work: list[str], via_pyusdt: bool, procs: int = UNTRACE
     next one, whatever it runs, and other load only ever adds time."""
     cmd = [py.exe, *(["-m", "pyusdt"] if via_pyusdt else []), WORKLOAD, *work]
     times: list[float] = []
+    by_threads: dict[int, float] = {}
     for _ in range(procs):
         proc = subprocess.run(
             cmd,
@@ -75,7 +84,9 @@ def untraced(py: Python, work: list[str], via_pyusdt: bool, procs: int = UNTRACE
         if proc.returncode != 0:
             raise MeasureError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr[-800:]}")
         times += _bench_times(proc.stdout, proc.stderr, " ".join(cmd))
-    return {"time": min(times), "times": times}
+        for t, best in thread_times(proc.stdout).items():
+            by_threads[t] = min(best, by_threads.get(t, best))
+    return {"time": min(times), "times": times, "threads": by_threads}
 
 
 def untraced_pair(py: Python, work: list[str], procs: int = UNTRACED_PROCS) -> dict:
@@ -174,6 +185,7 @@ def traced(py: Python, work: list[str], probe_set: str, timeout: float = 600) ->
         "times": times,
         "hits": sum(counts.values()) / len(times),
         "counts": counts,
+        "threads": thread_times(out),
     }
 
 

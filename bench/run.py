@@ -56,7 +56,8 @@ SIZES = {
         "large_repeat": 5,
         "small": {"fib": 22, "json": 5},
         "small_repeat": 3,
-        "threads": 21,
+        "threads": 23,
+        "thread_repeat": 5,
         "sdt_n": 300_000,
         "sdt_repeat": 3,
         "latency_trials": 10,
@@ -67,6 +68,7 @@ SIZES = {
         "small": {"fib": 17, "json": 1},
         "small_repeat": 1,
         "threads": 17,
+        "thread_repeat": 1,
         "sdt_n": 100_000,
         "sdt_repeat": 1,
         "latency_trials": 3,
@@ -177,20 +179,20 @@ class Bench:
             if version.endswith("t"):
                 if not self.trace_problem:
                     n = str(self.size["threads"])
-                    for t in ("1", "2"):
-                        w = ["fib", n, "--threads", t, "--repeat", str(self.size["small_repeat"])]
-                        self.jobs[f"{version}/threads/untraced/{t}"] = lambda o=ours, w=w: (
-                            measure.untraced(o, w, True)
+                    # 1 and 2 threads alternate in each process (see workload.py).
+                    w = ["fib", n, "--threads", "1,2", "--repeat", str(self.size["thread_repeat"])]
+                    self.jobs[f"{version}/threads/untraced"] = lambda o=ours, w=w: measure.untraced(
+                        o, w, True
+                    )
+                    # CPython's own dispatch to a no-op C callback on PY_START.
+                    noop = [*w, "--noop-events", "0x1"]
+                    self.jobs[f"{version}/threads/noop"] = lambda o=ours, w=noop: measure.untraced(
+                        o, w, False
+                    )
+                    for ps in ("start", "all"):
+                        self.jobs[f"{version}/threads/{ps}"] = lambda o=ours, w=w, ps=ps: (
+                            measure.traced(o, w, ps)
                         )
-                        # CPython's own dispatch to a no-op C callback on PY_START.
-                        noop = [*w, "--noop-events", "0x1"]
-                        self.jobs[f"{version}/threads/noop/{t}"] = lambda o=ours, w=noop: (
-                            measure.untraced(o, w, False)
-                        )
-                        for ps in ("start", "all"):
-                            self.jobs[f"{version}/threads/{ps}/{t}"] = lambda o=ours, w=w, ps=ps: (
-                                measure.traced(o, w, ps)
-                            )
                 continue
             for work in ("fib", "json"):
                 wl = [work, str(large[work]), "--repeat", str(self.size["large_repeat"])]
@@ -459,8 +461,9 @@ class Bench:
     def compute_threads(self, version: str) -> None:
         scaling = {}
         for mode in ("untraced", "noop", "start", "all"):
-            t1 = self.per_run(f"{version}/threads/{mode}/1", "time")
-            t2 = self.per_run(f"{version}/threads/{mode}/2", "time")
+            by_threads = self.per_run(f"{version}/threads/{mode}", "threads")
+            t1 = [b.get(1) if b else None for b in by_threads]
+            t2 = [b.get(2) if b else None for b in by_threads]
             scale = [2 * a / b if a and b else None for a, b in zip(t1, t2, strict=True)]
             scaling[mode] = median(scale)
             if mode in ("untraced", "noop"):

@@ -14,8 +14,11 @@ options:
                       tracer has attached and the probes' events are on), then
                       --settle more seconds (default 0.2) so every probe is attached.
                       Prints READY first: the harness attaches its tracer after that.
-  --threads T         run the workload in T threads at once (same work each);
-                      the time is from starting the first to joining the last.
+  --threads T[,T2..]  run the workload in T threads at once (same work each);
+                      the time is from starting the first to joining the last. With
+                      several counts, each repeat runs them one after the other (so
+                      that they share the machine's moments) and BENCH_TIMES_T<count>
+                      lines give each count's times.
   --repeat K          run it K times (default 1); BENCH_TIME is the fastest (other
                       load only ever adds time), BENCH_TIMES lists them all.
   --noop-events MASK  (plain python, for the breakdown) register a no-op C callable
@@ -214,7 +217,7 @@ def main(argv: list[str]) -> None:
         elif opt == "--settle":
             settle = float(value)
         elif opt == "--threads":
-            threads = int(value)
+            threads = [int(t) for t in value.split(",")]
         elif opt == "--repeat":
             repeat = int(value)
         elif opt == "--noop-events":
@@ -233,7 +236,17 @@ def main(argv: list[str]) -> None:
         time.sleep(settle)
     if noop:
         noop_monitoring(noop)
-    times = [run_once(work, size, threads) for _ in range(repeat)]
+    if threads is None or len(threads) == 1:
+        t = threads[0] if threads else None
+        times = [run_once(work, size, t) for _ in range(repeat)]
+    else:
+        per_count: dict[int, list[float]] = {t: [] for t in threads}
+        for _ in range(repeat):
+            for t in threads:
+                per_count[t].append(run_once(work, size, t))
+        for t, ts in per_count.items():
+            print(f"BENCH_TIMES_T{t} " + " ".join(f"{x:.9f}" for x in ts), flush=True)
+        times = [x for ts in per_count.values() for x in ts]
     print(f"BENCH_TIME {min(times):.9f}", flush=True)
     print("BENCH_TIMES " + " ".join(f"{t:.9f}" for t in times), flush=True)
 
