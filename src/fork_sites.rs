@@ -10,10 +10,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Once;
 
-use crate::probes;
+use crate::probes::{self, NOP5};
 
-/// The instruction at every probe site: `nopl 0x0(%rax,%rax,1)`.
-pub const NOP5: [u8; 5] = [0x0f, 0x1f, 0x44, 0x00, 0x00];
 /// The kernel's breakpoint (a uprobe not yet optimized): it handles it in
 /// the child itself.
 const INT3: u8 = 0xcc;
@@ -42,28 +40,39 @@ pub fn sites_off() -> bool {
 }
 
 extern "C" fn after_fork_child() {
+    let mut mem = -1;
     for site in probes::sites() {
         // SAFETY: `site` is the address of a probe site's 5-byte nop in this
         // library's text, which is mapped and readable.
         let now = unsafe { std::ptr::read_volatile(site.cast::<[u8; 5]>()) };
-        if now != NOP5 && now[0] != INT3 && !restore(site) {
+        if now == NOP5 || now[0] == INT3 {
+            continue;
+        }
+        if mem < 0 {
+            // SAFETY: an async-signal-safe system call on a constant path.
+            mem = unsafe { libc::open(c"/proc/self/mem".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+        }
+        if !restore(mem, site) {
             SITES_OFF.store(true, Ordering::Relaxed);
         }
     }
+    if mem >= 0 {
+        // SAFETY: closes the descriptor opened above.
+        unsafe { libc::close(mem) };
+    }
 }
 
-/// Writes the nop back at `site`; false if that is not possible here.
-fn restore(site: *const u8) -> bool {
-    // SAFETY: open/pwrite/close are async-signal-safe system calls; the write
-    // goes to this process's own text, of which only the forking thread runs
-    // (in the child, inside fork()), and not this site.
+/// Writes the nop back at `site` through `mem` (`/proc/self/mem`, or -1 if
+/// it could not be opened); false if that is not possible here.
+fn restore(mem: libc::c_int, site: *const u8) -> bool {
+    if mem < 0 {
+        return false;
+    }
+    // SAFETY: pwrite is an async-signal-safe system call; the write goes to
+    // this process's own text, of which only the forking thread runs (in the
+    // child, inside fork()), and not this site.
     unsafe {
-        let fd = libc::open(c"/proc/self/mem".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
-        if fd < 0 {
-            return false;
-        }
-        let n = libc::pwrite(fd, NOP5.as_ptr().cast(), NOP5.len(), site as libc::off_t);
-        libc::close(fd);
+        let n = libc::pwrite(mem, NOP5.as_ptr().cast(), NOP5.len(), site as libc::off_t);
         n == NOP5.len() as isize && std::ptr::read_volatile(site.cast::<[u8; 5]>()) == NOP5
     }
 }

@@ -7,10 +7,10 @@
 //! each site, which the kernel can only trap (int3). Linux 6.18+ turns a
 //! uprobe on a 5-byte `nop` into a call to a trampoline that enters the kernel
 //! through the `uprobe` syscall: measured here, 248 ns per hit instead of
-//! 496 ns (bench/sdt_loop.c, nop5 vs nop; README "Performance"). Older kernels trap on the 5-byte
-//! `nop` as on the 1-byte one. The 6.18 trampoline is entered with `call`,
-//! which writes below the stack pointer, so the site steps the stack pointer
-//! past the red zone around the `nop`.
+//! 496 ns (bench/sdt_loop.c, nop5 vs nop; README "Performance"). Older
+//! kernels fall back to the int3 trap on it (not tested here). The 6.18
+//! trampoline is entered with `call`, which writes below the stack pointer,
+//! so the site steps the stack pointer past the red zone around the `nop`.
 //!
 //! The notes keep the layout of the original pyusdt 0.1.1 (and of the `usdt`
 //! crate's `.d` provider), with the interpreter id as the last argument:
@@ -31,6 +31,11 @@ use crate::fork_sites;
 
 #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
 compile_error!("pyusdt's probe sites are written for x86_64 Linux");
+
+/// The instruction at every probe site, `nopl 0x0(%rax,%rax,1)`: the bytes
+/// the `site!` asm writes (it needs them as a literal), checked against the
+/// notes by tests/test_sites.py and restored in forked children by `fork_sites`.
+pub const NOP5: [u8; 5] = [0x0f, 0x1f, 0x44, 0x00, 0x00];
 
 /// One probe site: the 5-byte `nop` the kernel patches, its stapsdt note,
 /// and (once per probe name) its semaphore in `.probes`. `$args` is the note's
