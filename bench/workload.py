@@ -236,17 +236,14 @@ def main(argv: list[str]) -> None:
         time.sleep(settle)
     if noop:
         noop_monitoring(noop)
-    if threads is None or len(threads) == 1:
-        t = threads[0] if threads else None
-        times = [run_once(work, size, t) for _ in range(repeat)]
-    else:
-        per_count: dict[int, list[float]] = {t: [] for t in threads}
-        for _ in range(repeat):
-            for t in threads:
-                per_count[t].append(run_once(work, size, t))
+    per_count: dict[int | None, list[float]] = {t: [] for t in threads or [None]}
+    for _ in range(repeat):
+        for t, ts in per_count.items():
+            ts.append(run_once(work, size, t))
+    if len(per_count) > 1:
         for t, ts in per_count.items():
             print(f"BENCH_TIMES_T{t} " + " ".join(f"{x:.9f}" for x in ts), flush=True)
-        times = [x for ts in per_count.values() for x in ts]
+    times = [x for ts in per_count.values() for x in ts]
     print(f"BENCH_TIME {min(times):.9f}", flush=True)
     print("BENCH_TIMES " + " ".join(f"{t:.9f}" for t in times), flush=True)
 
