@@ -1,6 +1,15 @@
 //! pyusdt's native extension `pyusdt.libpyusdt`: `sys.monitoring` (PEP 669)
 //! events as USDT probes of provider `pyusdt`, enabled only while a tracer is
-//! attached. This file only declares the modules and the init function.
+//! attached. This file only declares the layers and the init function.
+//!
+//! Layers, each using only those above it in this list:
+//! - `config`: process-wide settings from the environment and the log;
+//! - `sites`: the probe sites, notes and semaphores, and their repair in a
+//!   forked child;
+//! - `values`: reading code objects and the bounded reprs of values;
+//! - `watcher`: the one thread per process that polls the semaphores, and
+//!   its protocol with interpreters (known only through `watcher::Interp`);
+//! - `interp`: each interpreter's module, state, callbacks and hooks.
 //!
 //! Every interpreter gets its own module object and state (multi-phase
 //! init); nothing Python-related lives in a static. PyO3 is used for its ffi
@@ -8,17 +17,10 @@
 //! statics are shared between interpreters. Built with
 //! `--cfg pyo3_disable_reference_pool` (see .cargo/config.toml).
 
-mod bounded;
-mod callbacks;
-mod code_info;
 mod config;
-mod fast_repr;
-mod fork_sites;
-mod module;
-mod monitoring;
-mod probes;
-mod repr;
-mod state;
+mod interp;
+mod sites;
+mod values;
 mod watcher;
 
 use pyo3::ffi;
@@ -29,5 +31,5 @@ use pyo3::ffi;
 pub unsafe extern "C" fn PyInit_libpyusdt() -> *mut ffi::PyObject {
     // SAFETY: the definition is a static that CPython initialises once and
     // then only reads.
-    unsafe { ffi::PyModuleDef_Init(std::ptr::addr_of_mut!(module::MODULE_DEF)) }
+    unsafe { ffi::PyModuleDef_Init(std::ptr::addr_of_mut!(interp::module::MODULE_DEF)) }
 }

@@ -13,7 +13,7 @@ use std::ffi::c_char;
 
 use pyo3::ffi;
 
-use crate::fast_repr::{self, Fast, Keys};
+use super::fast_repr::{self, Fast, Keys};
 
 /// Should `repr_into` handle this value (rather than a plain `PyObject_Repr`)?
 ///

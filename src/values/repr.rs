@@ -21,9 +21,9 @@ use std::ffi::{c_char, CStr};
 use pyo3::ffi;
 use thread_local::ThreadLocal;
 
-use crate::bounded;
+use super::bounded;
+use super::fast_repr::{self, Fast, Keys};
 use crate::config;
-use crate::fast_repr::{self, Fast, Keys};
 
 /// Per-thread state of one interpreter (threads can switch interpreters, so
 /// it is kept per interpreter, not in a `thread_local!`).

@@ -9,16 +9,14 @@ use std::sync::Arc;
 
 use pyo3::ffi;
 
-use crate::callbacks;
-use crate::code_info;
+use super::callbacks;
+use super::hooks;
+use super::state::{self, State};
+use super::target::Target;
 use crate::config;
-use crate::fast_repr::Keys;
-use crate::fork_sites;
-use crate::monitoring;
-use crate::probes::{self, Probe};
-use crate::repr::PerThread;
-use crate::state::{self, State, NO_TOOL};
-use crate::watcher::{self, Entry};
+use crate::sites::{self, Probe};
+use crate::values::code_info;
+use crate::watcher::WATCHER;
 
 const VERSION: &CStr = c"0.2.0";
 
@@ -73,23 +71,6 @@ static mut CALLBACK_DEFS: [ffi::PyMethodDef; 6] = {
     ]
 };
 
-static mut HOOK_DEFS: [ffi::PyMethodDef; 4] = {
-    const fn hook(name: &'static CStr, f: ffi::PyCFunction) -> ffi::PyMethodDef {
-        ffi::PyMethodDef {
-            ml_name: name.as_ptr(),
-            ml_meth: ffi::PyMethodDefPointer { PyCFunction: f },
-            ml_flags: ffi::METH_NOARGS,
-            ml_doc: ptr::null(),
-        }
-    }
-    [
-        hook(c"_pyusdt_atexit", atexit_hook),
-        hook(c"_pyusdt_before_fork", before_fork),
-        hook(c"_pyusdt_after_fork_parent", after_fork_parent),
-        hook(c"_pyusdt_after_fork_child", after_fork_child),
-    ]
-};
-
 static mut SLOTS: [ffi::PyModuleDef_Slot; 4] = [
     ffi::PyModuleDef_Slot {
         slot: ffi::Py_mod_exec,
@@ -136,37 +117,12 @@ fn check(p: *mut ffi::PyObject) -> Result<*mut ffi::PyObject, ()> {
     }
 }
 
-/// `atexit.register(f)` in the current interpreter; 0 on success.
-///
-/// # Safety
-/// Attached; `f` is a valid callable.
-pub unsafe fn atexit_register(f: *mut ffi::PyObject) -> c_int {
-    // SAFETY: attached; every result is checked and released.
-    unsafe {
-        let Ok(atexit) = check(ffi::PyImport_ImportModule(c"atexit".as_ptr())) else {
-            return -1;
-        };
-        let r = ffi::PyObject_CallMethod(atexit, c"register".as_ptr(), c"O".as_ptr(), f);
-        ffi::Py_DECREF(atexit);
-        if r.is_null() {
-            return -1;
-        }
-        ffi::Py_DECREF(r);
-        0
-    }
-}
-
 unsafe fn bound(
     def: *mut ffi::PyMethodDef,
     module: *mut ffi::PyObject,
 ) -> Result<*mut ffi::PyObject, ()> {
     // SAFETY: attached; `def` points into a static table.
     unsafe { check(ffi::PyCFunction_NewEx(def, module, ptr::null_mut())) }
-}
-
-unsafe fn hook_def(i: usize) -> *mut ffi::PyMethodDef {
-    // SAFETY: address of an element of a static table, no reference taken.
-    unsafe { (ptr::addr_of_mut!(HOOK_DEFS) as *mut ffi::PyMethodDef).add(i) }
 }
 
 fn is_3130() -> bool {
@@ -183,51 +139,22 @@ unsafe extern "C" fn exec(module: *mut ffi::PyObject) -> c_int {
     }
 }
 
-unsafe fn exec_inner(module: *mut ffi::PyObject) -> Result<(), ()> {
-    // SAFETY: attached (module exec). Every object created here is owned by
-    // the state (released in `free`) or released before returning.
+/// Fills a new, unpublished state: the monitoring handles, event bits and
+/// callbacks. `Err` leaves the Python error set.
+unsafe fn fill(st: &mut State, module: *mut ffi::PyObject) -> Result<(), ()> {
+    // SAFETY: attached (module exec); the state is not shared yet. Every
+    // object made here is owned by the state or released before returning.
     unsafe {
-        let cfg = config::get();
-        let interp = ffi::PyInterpreterState_Get();
-        let interp_id = ffi::PyInterpreterState_GetID(interp);
-        if is_3130() {
-            watcher::NO_SUBINTERP_ENTRY.store(true, Ordering::Relaxed);
-        }
-
-        let monitoring = ffi::PySys_GetObject(c"monitoring".as_ptr());
-        if monitoring.is_null() {
-            ffi::PyErr_SetString(
-                ffi::PyExc_ImportError,
-                c"pyusdt needs sys.monitoring (Python 3.12+)".as_ptr(),
-            );
-            return Err(());
-        }
-        ffi::Py_INCREF(monitoring);
-        let mut st = Box::new(State {
-            interp_id,
-            layout_ok: code_info::check_layout(),
-            monitoring,
-            disable: ptr::null_mut(),
-            own_prefix: own_prefix(module),
-            callbacks: [ptr::null_mut(); 6],
-            event_bits: [0; 6],
-            tool_id: NO_TOOL.into(),
-            enabled: 0.into(),
-            told_no_tool: false.into(),
-            scratch: PerThread::new(),
-            keys: Keys::empty(),
-            entry: None,
-        });
-        // From here on `st` owns its objects; storing it in the module slot
-        // first lets `free` release them if a later step fails.
-        let slot = ffi::PyModule_GetState(module) as *mut Slot;
-        let st_ptr: *mut State = &mut *st;
-        *slot = Box::into_raw(st);
-        let st = &mut *st_ptr;
-
-        st.disable = check(ffi::PyObject_GetAttrString(monitoring, c"DISABLE".as_ptr()))?;
+        st.disable = check(ffi::PyObject_GetAttrString(
+            st.monitoring,
+            c"DISABLE".as_ptr(),
+        ))?;
         st.keys.init()?;
-        let events = check(ffi::PyObject_GetAttrString(monitoring, c"events".as_ptr()))?;
+        st.own_prefix = own_prefix(module);
+        let events = check(ffi::PyObject_GetAttrString(
+            st.monitoring,
+            c"events".as_ptr(),
+        ))?;
         for p in Probe::ALL {
             let name = std::ffi::CString::new(p.name()).expect("probe names have no NUL");
             let v = ffi::PyObject_GetAttrString(events, name.as_ptr());
@@ -242,42 +169,74 @@ unsafe fn exec_inner(module: *mut ffi::PyObject) -> Result<(), ()> {
         if !ffi::PyErr_Occurred().is_null() {
             return Err(());
         }
-        for (i, cb) in st.callbacks.iter_mut().enumerate() {
-            *cb = bound(
+        for (i, cb) in st.callbacks.iter().enumerate() {
+            let f = bound(
                 (ptr::addr_of_mut!(CALLBACK_DEFS) as *mut ffi::PyMethodDef).add(i),
                 module,
             )?;
+            cb.store(f, Ordering::Release);
         }
+        Ok(())
+    }
+}
+
+unsafe fn exec_inner(module: *mut ffi::PyObject) -> Result<(), ()> {
+    // SAFETY: attached (module exec). The state is built and filled while
+    // this function owns it alone, then published in the module slot; from
+    // then on it is only shared (`&State`), also with the watcher.
+    unsafe {
+        let cfg = config::get();
+        let interp = ffi::PyInterpreterState_Get();
+        let interp_id = ffi::PyInterpreterState_GetID(interp);
+
+        let monitoring = ffi::PySys_GetObject(c"monitoring".as_ptr());
+        if monitoring.is_null() {
+            ffi::PyErr_SetString(
+                ffi::PyExc_ImportError,
+                c"pyusdt needs sys.monitoring (Python 3.12+)".as_ptr(),
+            );
+            return Err(());
+        }
+        let mut st = Box::new(State::new(
+            interp_id,
+            code_info::check_layout(),
+            ffi::Py_NewRef(monitoring),
+        ));
+        if fill(&mut st, module).is_err() {
+            st.release();
+            return Err(());
+        }
+        let st_ptr: *const State = Box::into_raw(st);
+        *(ffi::PyModule_GetState(module) as *mut Slot) = st_ptr.cast_mut();
+        let st: &State = &*st_ptr;
+
         if ffi::PyModule_AddStringConstant(module, c"__version__".as_ptr(), VERSION.as_ptr()) < 0 {
             return Err(());
         }
-        let repr_max = ffi::PyLong_FromSize_t(config::get().repr_max);
+        let repr_max = ffi::PyLong_FromSize_t(cfg.repr_max);
         if ffi::PyModule_AddObject(module, c"REPR_MAX".as_ptr(), repr_max) < 0 {
             ffi::Py_XDECREF(repr_max);
             return Err(());
         }
 
         // atexit first: a registered interpreter must always unregister.
-        let hook = bound(hook_def(0), module)?;
-        let r = atexit_register(hook);
-        ffi::Py_DECREF(hook);
-        if r < 0 {
-            return Err(());
-        }
+        hooks::register_atexit(module)?;
 
-        let entry = Arc::new(Entry::new(interp, interp_id, st_ptr));
-        if watcher::is_registered(interp_id) {
+        if WATCHER.is_registered(interp_id) {
             config::log(|| {
                 format!("module loaded again in interpreter {interp_id}: this copy stays passive")
             });
             return Ok(());
         }
-        fork_sites::install();
-        if entry.is_main {
-            register_fork_hooks(module)?;
+        sites::fork_repair::install();
+        crate::watcher::install_fork_handlers();
+        let target = Target::new(interp, interp_id, st_ptr, is_3130());
+        if target_is_main(interp) {
+            hooks::register_fork_hooks()?;
+        } else {
+            hooks::queue_main_hooks();
         }
-        st.entry = Some(entry.clone());
-        watcher::register(entry);
+        let _ = st.registration.set(WATCHER.register(Arc::new(target)));
         config::log(|| {
             format!(
                 "ready (interpreter {interp_id}, poll {} ms{})",
@@ -291,6 +250,12 @@ unsafe fn exec_inner(module: *mut ffi::PyObject) -> Result<(), ()> {
         });
         Ok(())
     }
+}
+
+fn target_is_main(interp: *mut ffi::PyInterpreterState) -> bool {
+    // SAFETY: reading the main interpreter pointer has no preconditions
+    // beyond an initialised runtime.
+    unsafe { ffi::PyInterpreterState_Main() == interp }
 }
 
 /// The directory of this extension's file, with a trailing '/' (empty if
@@ -319,97 +284,6 @@ unsafe fn own_prefix(module: *mut ffi::PyObject) -> Vec<u8> {
     }
 }
 
-unsafe fn register_fork_hooks(module: *mut ffi::PyObject) -> Result<(), ()> {
-    // SAFETY: attached; objects are checked and released.
-    unsafe {
-        let os = check(ffi::PyImport_ImportModule(c"os".as_ptr()))?;
-        let reg = ffi::PyObject_GetAttrString(os, c"register_at_fork".as_ptr());
-        ffi::Py_DECREF(os);
-        let reg = check(reg)?;
-        let kwargs = ffi::PyDict_New();
-        let mut ok = !kwargs.is_null();
-        for (i, key) in [c"before", c"after_in_parent", c"after_in_child"]
-            .iter()
-            .enumerate()
-        {
-            if !ok {
-                break;
-            }
-            match bound(hook_def(i + 1), module) {
-                Ok(f) => {
-                    ok = ffi::PyDict_SetItemString(kwargs, key.as_ptr(), f) == 0;
-                    ffi::Py_DECREF(f);
-                }
-                Err(()) => ok = false,
-            }
-        }
-        if ok {
-            let args = ffi::PyTuple_New(0);
-            let r = ffi::PyObject_Call(reg, args, kwargs);
-            ffi::Py_XDECREF(args);
-            ok = !r.is_null();
-            ffi::Py_XDECREF(r);
-        }
-        ffi::Py_XDECREF(kwargs);
-        ffi::Py_DECREF(reg);
-        if ok {
-            Ok(())
-        } else {
-            Err(())
-        }
-    }
-}
-
-unsafe extern "C" fn atexit_hook(
-    module: *mut ffi::PyObject,
-    _: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    // SAFETY: called by atexit, attached to the module's interpreter.
-    unsafe {
-        if let Some(st) = state::of(module) {
-            if let Some(entry) = &st.entry {
-                let is_main = entry.is_main;
-                watcher::detached(|| watcher::unregister(entry));
-                if is_main {
-                    watcher::shutdown();
-                }
-            }
-            // Nobody else toggles this interpreter now: release the tool id.
-            monitoring::apply(st, 0);
-        }
-        ffi::Py_NewRef(ffi::Py_None())
-    }
-}
-
-unsafe extern "C" fn before_fork(
-    _: *mut ffi::PyObject,
-    _: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    // SAFETY: called by os.fork in the main interpreter, attached.
-    unsafe {
-        watcher::before_fork();
-        ffi::Py_NewRef(ffi::Py_None())
-    }
-}
-
-unsafe extern "C" fn after_fork_parent(
-    _: *mut ffi::PyObject,
-    _: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    watcher::after_fork_parent();
-    // SAFETY: attached.
-    unsafe { ffi::Py_NewRef(ffi::Py_None()) }
-}
-
-unsafe extern "C" fn after_fork_child(
-    _: *mut ffi::PyObject,
-    _: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    watcher::after_fork_child();
-    // SAFETY: attached.
-    unsafe { ffi::Py_NewRef(ffi::Py_None()) }
-}
-
 unsafe fn list_of(names: &[&str]) -> *mut ffi::PyObject {
     // SAFETY: attached; the list is filled with new strings (PyList_SetItem steals).
     unsafe {
@@ -434,22 +308,30 @@ unsafe extern "C" fn attached_probes(
     _: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
     // SAFETY: a module function, called attached.
-    unsafe { list_of(&probes::names(probes::attached_mask())) }
+    unsafe { list_of(&sites::names(sites::attached_mask())) }
 }
 
 unsafe extern "C" fn status(
     module: *mut ffi::PyObject,
     _: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    // SAFETY: a module function, called attached; items are checked.
-    unsafe {
-        let Some(st) = state::of(module) else {
+    // SAFETY: a module function, called attached.
+    let d = unsafe { state::with(module, |st| status_dict(st)) };
+    d.unwrap_or_else(|| {
+        // SAFETY: attached; sets an exception for the NULL return.
+        unsafe {
             ffi::PyErr_SetString(
                 ffi::PyExc_RuntimeError,
                 c"pyusdt module not initialised".as_ptr(),
-            );
-            return ptr::null_mut();
+            )
         };
+        ptr::null_mut()
+    })
+}
+
+unsafe fn status_dict(st: &State) -> *mut ffi::PyObject {
+    // SAFETY: attached (a module function); items are checked.
+    unsafe {
         let d = ffi::PyDict_New();
         if d.is_null() {
             return d;
@@ -464,13 +346,10 @@ unsafe extern "C" fn status(
                 c"poll_msec",
                 ffi::PyLong_FromUnsignedLongLong(config::get().check_msec),
             ),
-            (
-                c"attached",
-                list_of(&probes::names(probes::attached_mask())),
-            ),
+            (c"attached", list_of(&sites::names(sites::attached_mask()))),
             (
                 c"enabled",
-                list_of(&probes::names(st.enabled.load(Ordering::Acquire))),
+                list_of(&sites::names(st.enabled.load(Ordering::Acquire))),
             ),
             (c"interpreter_id", ffi::PyLong_FromLongLong(st.interp_id)),
             (c"repr_max", ffi::PyLong_FromSize_t(config::get().repr_max)),
@@ -495,47 +374,46 @@ unsafe extern "C" fn traverse(
     visit: ffi::visitproc,
     arg: *mut c_void,
 ) -> c_int {
-    // SAFETY: called by the GC with our module; only non-null objects are visited.
-    unsafe {
-        let slot = ffi::PyModule_GetState(module) as *mut Slot;
-        if slot.is_null() || (*slot).is_null() {
-            return 0;
-        }
-        let st = &**slot;
-        for &obj in st.callbacks.iter().chain([st.monitoring].iter()) {
-            if !obj.is_null() {
-                let r = visit(obj, arg);
-                if r != 0 {
-                    return r;
+    // SAFETY: called by the GC with our module, attached; only non-null
+    // objects are visited.
+    let r = unsafe {
+        state::with(module, |st| {
+            let objs = st.callbacks.iter().map(|c| c.load(Ordering::Acquire));
+            for obj in objs.chain([st.monitoring]) {
+                if !obj.is_null() {
+                    let r = visit(obj, arg);
+                    if r != 0 {
+                        return r;
+                    }
                 }
             }
-        }
-        0
-    }
+            0
+        })
+    };
+    r.unwrap_or(0)
 }
 
 unsafe extern "C" fn clear(module: *mut ffi::PyObject) -> c_int {
-    // SAFETY: called attached with our module; pointers are nulled before release.
+    // SAFETY: called by the GC with our module, attached. The callbacks are
+    // swapped out before release, and only once the watcher can no longer
+    // toggle this interpreter (it needs them).
     unsafe {
-        let slot = ffi::PyModule_GetState(module) as *mut Slot;
-        if slot.is_null() || (*slot).is_null() {
-            return 0;
-        }
-        // Toggling needs these objects; only clear once nobody can toggle.
-        let st = &mut **slot;
-        if st.entry.is_some() && st.enabled.load(Ordering::Acquire) != 0 {
-            return 0;
-        }
-        for cb in st.callbacks.iter_mut() {
-            let obj = std::mem::replace(cb, ptr::null_mut());
-            ffi::Py_XDECREF(obj);
-        }
-        0
+        state::with(module, |st| {
+            if st.registration.get().is_some() && WATCHER.is_registered(st.interp_id) {
+                return;
+            }
+            for cb in &st.callbacks {
+                ffi::Py_XDECREF(cb.swap(ptr::null_mut(), Ordering::AcqRel));
+            }
+        });
     }
+    0
 }
 
 unsafe extern "C" fn free(module: *mut c_void) {
-    // SAFETY: called by CPython when our module object is deallocated, attached.
+    // SAFETY: called by CPython when our module object is deallocated,
+    // attached. The state is taken out of the slot first, so nothing can
+    // reach it through the module any more.
     unsafe {
         let module = module as *mut ffi::PyObject;
         let slot = ffi::PyModule_GetState(module) as *mut Slot;
@@ -543,20 +421,13 @@ unsafe extern "C" fn free(module: *mut c_void) {
             return;
         }
         let st_ptr = std::mem::replace(&mut *slot, ptr::null_mut());
-        if let Some(entry) = &(*st_ptr).entry {
+        if let Some(reg) = (*st_ptr).registration.get() {
             // atexit normally unregistered us already; if a toggle is still
             // in flight the state must outlive it: leak it rather than free.
-            if !watcher::abandon(entry) {
+            if !reg.abandon() {
                 return;
             }
         }
-        let mut st = Box::from_raw(st_ptr);
-        for &obj in st.callbacks.iter() {
-            ffi::Py_XDECREF(obj);
-        }
-        ffi::Py_XDECREF(st.monitoring);
-        ffi::Py_XDECREF(st.disable);
-        st.keys.release();
-        drop(st);
+        Box::from_raw(st_ptr).release();
     }
 }

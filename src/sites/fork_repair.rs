@@ -2,22 +2,21 @@
 //! `nop` by rewriting that `nop` into a `call` to a `[uprobes-trampoline]`
 //! page, and `fork()` does not copy that page into the child: a child forked
 //! while a tracer is attached would crash at its first probe hit. A
-//! `pthread_atfork` child handler, which runs inside `fork()` before any
-//! Python code of the child, writes the `nop`s back (through
-//! `/proc/self/mem`, as a debugger pokes code); if it cannot, it switches
-//! the probes off in that process, which then stays untraced but safe.
+//! `pthread_atfork` child handler, which runs inside every `fork()` (Python's
+//! or a C program's) before the child runs anything else, writes the `nop`s
+//! back (through `/proc/self/mem`, as a debugger pokes code); if it cannot,
+//! it switches the probes off in that process, which then stays untraced
+//! but safe.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Once;
 
-use crate::probes::{self, NOP5};
+use super::{arch, switch_off, SITE_NOP};
 
 /// The kernel's breakpoint (a uprobe not yet optimized): it handles it in
 /// the child itself.
 const INT3: u8 = 0xcc;
 
 static INSTALL: Once = Once::new();
-static SITES_OFF: AtomicBool = AtomicBool::new(false);
 
 /// Registers the child handler, once per process.
 pub fn install() {
@@ -27,25 +26,19 @@ pub fn install() {
         let rc = unsafe { libc::pthread_atfork(None, None, Some(after_fork_child)) };
         if rc != 0 {
             // Without the handler a child could crash: no probes at all then.
-            SITES_OFF.store(true, Ordering::Relaxed);
+            switch_off();
             crate::config::log(|| format!("pthread_atfork failed ({rc}): probes switched off"));
         }
     });
 }
 
-/// True once the probe sites of this process are switched off.
-#[inline(always)]
-pub fn sites_off() -> bool {
-    SITES_OFF.load(Ordering::Relaxed)
-}
-
 extern "C" fn after_fork_child() {
     let mut mem = -1;
-    for site in probes::sites() {
-        // SAFETY: `site` is the address of a probe site's 5-byte nop in this
+    for site in arch::sites() {
+        // SAFETY: `site` is the address of a probe site's 5 bytes in this
         // library's text, which is mapped and readable.
-        let now = unsafe { std::ptr::read_volatile(site.cast::<[u8; 5]>()) };
-        if now == NOP5 || now[0] == INT3 {
+        let now = unsafe { std::ptr::read_volatile(site) };
+        if now == SITE_NOP || now[0] == INT3 {
             continue;
         }
         if mem < 0 {
@@ -53,7 +46,7 @@ extern "C" fn after_fork_child() {
             mem = unsafe { libc::open(c"/proc/self/mem".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
         }
         if !restore(mem, site) {
-            SITES_OFF.store(true, Ordering::Relaxed);
+            switch_off();
         }
     }
     if mem >= 0 {
@@ -64,7 +57,7 @@ extern "C" fn after_fork_child() {
 
 /// Writes the nop back at `site` through `mem` (`/proc/self/mem`, or -1 if
 /// it could not be opened); false if that is not possible here.
-fn restore(mem: libc::c_int, site: *const u8) -> bool {
+fn restore(mem: libc::c_int, site: *const [u8; 5]) -> bool {
     if mem < 0 {
         return false;
     }
@@ -72,7 +65,12 @@ fn restore(mem: libc::c_int, site: *const u8) -> bool {
     // this process's own text, of which only the forking thread runs (in the
     // child, inside fork()), and not this site.
     unsafe {
-        let n = libc::pwrite(mem, NOP5.as_ptr().cast(), NOP5.len(), site as libc::off_t);
-        n == NOP5.len() as isize && std::ptr::read_volatile(site.cast::<[u8; 5]>()) == NOP5
+        let n = libc::pwrite(
+            mem,
+            SITE_NOP.as_ptr().cast(),
+            SITE_NOP.len(),
+            site as libc::off_t,
+        );
+        n == SITE_NOP.len() as isize && std::ptr::read_volatile(site) == SITE_NOP
     }
 }

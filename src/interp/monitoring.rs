@@ -8,9 +8,9 @@ use std::sync::atomic::Ordering;
 
 use pyo3::ffi;
 
+use super::state::{State, NO_TOOL};
 use crate::config;
-use crate::probes::{self, Probe};
-use crate::state::{State, NO_TOOL};
+use crate::sites::{self, Probe};
 
 /// Tool ids in the order we try them: first those no standard tool uses
 /// (3, 4), then OPTIMIZER_ID (5), which CPython does not use yet. The
@@ -100,31 +100,74 @@ unsafe fn claim_tool(st: &State) -> Option<i32> {
     }
 }
 
-/// Makes the enabled events of this interpreter match `mask`.
+/// Makes the enabled events of this interpreter match `mask` as far as
+/// CPython lets it (an audit hook may deny a call) and returns the mask
+/// enabled now; `enabled` always says what is really enabled.
 ///
 /// # Safety
 /// Attached to `st`'s interpreter, and the caller is the only party toggling
 /// it (the watcher while registered, `atexit` after).
-pub unsafe fn apply(st: &State, mask: u32) {
+pub unsafe fn apply(st: &State, mask: u32) -> u32 {
     let current = st.enabled.load(Ordering::Acquire);
     if current == mask {
-        return;
+        return current;
     }
     // SAFETY: attached (the caller's contract).
     unsafe {
         // Keep a pending exception of the interrupted thread out of our calls.
         let saved = ffi::PyErr_GetRaisedException();
-        apply_inner(st, current, mask);
+        let got = apply_inner(st, current, mask);
         ffi::PyErr_SetRaisedException(saved);
+        got
     }
 }
 
-unsafe fn apply_inner(st: &State, current: u32, mask: u32) {
+/// `register_callback(tool, event of p, f)`; false (logged) if it failed.
+unsafe fn register(st: &State, tool: &Owned, p: Probe, f: *mut ffi::PyObject) -> bool {
+    // SAFETY: attached (see `apply`); the objects are valid.
+    unsafe {
+        let ev = long(st.event_bits[p as usize]);
+        let ok = call(st.monitoring, c"register_callback", &[tool.0, ev.0, f]).is_ok();
+        if !ok {
+            report("register_callback", st.interp_id);
+        }
+        ok
+    }
+}
+
+unsafe fn set_events(st: &State, tool: &Owned, mask: u32) -> bool {
+    let events: i64 = Probe::ALL
+        .iter()
+        .filter(|p| mask & p.bit() != 0)
+        .map(|p| st.event_bits[*p as usize])
+        .sum();
+    // SAFETY: attached (see `apply`).
+    unsafe {
+        let ev = long(events);
+        let ok = call(st.monitoring, c"set_events", &[tool.0, ev.0]).is_ok();
+        if !ok {
+            report("set_events", st.interp_id);
+        }
+        ok
+    }
+}
+
+unsafe fn free_tool(st: &State, tool: &Owned) {
+    // SAFETY: attached (see `apply`).
+    unsafe {
+        if call(st.monitoring, c"free_tool_id", &[tool.0]).is_err() {
+            report("free_tool_id", st.interp_id);
+        }
+    }
+    st.tool_id.store(NO_TOOL, Ordering::Release);
+}
+
+unsafe fn apply_inner(st: &State, current: u32, mask: u32) -> u32 {
     // SAFETY: attached (see `apply`).
     unsafe {
         let tool = match st.tool() {
             Some(t) => t,
-            None if mask == 0 => return,
+            None if mask == 0 => return 0,
             None => match claim_tool(st) {
                 Some(t) => {
                     st.told_no_tool.store(false, Ordering::Relaxed);
@@ -141,64 +184,53 @@ unsafe fn apply_inner(st: &State, current: u32, mask: u32) {
                             )
                         });
                     }
-                    return;
+                    return current;
                 }
             },
         };
         let tool_obj = long(tool as i64);
-        // Register before enabling, so no event fires without its callback.
+        // Register before enabling, so no event fires without its callback;
+        // a probe whose callback could not be registered stays off.
+        let mut added = 0;
         for p in Probe::ALL {
-            if mask & p.bit() != 0 && current & p.bit() == 0 {
-                let ev = long(st.event_bits[p as usize]);
-                if call(
-                    st.monitoring,
-                    c"register_callback",
-                    &[tool_obj.0, ev.0, st.callback(p)],
-                )
-                .is_err()
-                {
-                    report("register_callback", st.interp_id);
+            if mask & p.bit() != 0
+                && current & p.bit() == 0
+                && register(st, &tool_obj, p, st.callback(p))
+            {
+                added |= p.bit();
+            }
+        }
+        let target = (mask & current) | added;
+        if target != current && !set_events(st, &tool_obj, target) {
+            // Nothing changed: take back the callbacks just registered.
+            for p in Probe::ALL {
+                if added & p.bit() != 0 {
+                    register(st, &tool_obj, p, ffi::Py_None());
                 }
             }
-        }
-        let events: i64 = Probe::ALL
-            .iter()
-            .filter(|p| mask & p.bit() != 0)
-            .map(|p| st.event_bits[*p as usize])
-            .sum();
-        let ev = long(events);
-        if call(st.monitoring, c"set_events", &[tool_obj.0, ev.0]).is_err() {
-            report("set_events", st.interp_id);
+            if current == 0 {
+                free_tool(st, &tool_obj);
+            }
+            return current;
         }
         for p in Probe::ALL {
-            if mask & p.bit() == 0 && current & p.bit() != 0 {
-                let ev = long(st.event_bits[p as usize]);
-                if call(
-                    st.monitoring,
-                    c"register_callback",
-                    &[tool_obj.0, ev.0, ffi::Py_None()],
-                )
-                .is_err()
-                {
-                    report("register_callback", st.interp_id);
-                }
+            if target & p.bit() == 0 && current & p.bit() != 0 {
+                register(st, &tool_obj, p, ffi::Py_None());
             }
         }
-        st.enabled.store(mask, Ordering::Release);
-        if mask == 0 {
-            if call(st.monitoring, c"free_tool_id", &[tool_obj.0]).is_err() {
-                report("free_tool_id", st.interp_id);
-            }
-            st.tool_id.store(NO_TOOL, Ordering::Release);
+        st.enabled.store(target, Ordering::Release);
+        if target == 0 {
+            free_tool(st, &tool_obj);
             config::log(|| format!("disabled (interpreter {})", st.interp_id));
         } else {
             config::log(|| {
                 format!(
                     "enabled {} (interpreter {}, tool id {tool})",
-                    probes::names(mask).join(", "),
+                    sites::names(target).join(", "),
                     st.interp_id
                 )
             });
         }
+        target
     }
 }

@@ -1,0 +1,141 @@
+//! Layer 1, the probe sites: the USDT probes of provider `pyusdt` (their SDT
+//! notes, semaphores and sites, written per architecture), which probes a
+//! tracer has attached right now (a bit mask, bit i = `Probe::ALL[i]`), and
+//! the switch that turns them all off in a process whose sites cannot be
+//! trusted (see `fork_repair`). Depends on nothing else of the crate but
+//! `config`.
+//!
+//! The notes keep the layout of the original pyusdt 0.1.1, with the
+//! interpreter id as the last argument:
+//!
+//! ```text
+//! PY_START, PY_RESUME  (uintptr_t name, uintptr_t file, int32_t line, int64_t offset, int64_t interp)
+//! PY_RETURN, PY_YIELD  (uintptr_t name, uintptr_t file, int32_t line, int64_t offset, uintptr_t repr, int64_t interp)
+//! CALL                 (uintptr_t name, uintptr_t file, int32_t line, int64_t offset, uintptr_t repr, int64_t interp)
+//! LINE                 (uintptr_t name, uintptr_t file, int32_t line, int64_t interp)
+//! ```
+//!
+//! Strings are `uintptr_t` pointers to NUL-terminated UTF-8 that already
+//! exists, which bpftrace reads with `str()`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub mod fork_repair;
+
+#[cfg(target_arch = "x86_64")]
+mod x86_64;
+#[cfg(target_arch = "x86_64")]
+use x86_64 as arch;
+
+#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+compile_error!("pyusdt's probe sites are written for x86_64 Linux");
+
+/// The probe sites, one function each; each is called from one callback,
+/// only while its probe is attached.
+pub use arch::fire;
+pub use arch::SITE_NOP;
+
+/// One probe of the provider. The discriminant is its bit in a probe mask.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Probe {
+    PyStart = 0,
+    PyResume = 1,
+    PyReturn = 2,
+    PyYield = 3,
+    Call = 4,
+    Line = 5,
+}
+
+impl Probe {
+    pub const ALL: [Probe; 6] = [
+        Probe::PyStart,
+        Probe::PyResume,
+        Probe::PyReturn,
+        Probe::PyYield,
+        Probe::Call,
+        Probe::Line,
+    ];
+
+    /// The probe's name, which is also the name of its `sys.monitoring` event.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Probe::PyStart => "PY_START",
+            Probe::PyResume => "PY_RESUME",
+            Probe::PyReturn => "PY_RETURN",
+            Probe::PyYield => "PY_YIELD",
+            Probe::Call => "CALL",
+            Probe::Line => "LINE",
+        }
+    }
+
+    pub const fn bit(self) -> u32 {
+        1 << (self as u32)
+    }
+
+    /// True while at least one tracer has this probe attached (and the
+    /// sites work in this process).
+    #[inline(always)]
+    pub fn attached(self) -> bool {
+        arch::semaphore(self) != 0 && !sites_off()
+    }
+}
+
+static SITES_OFF: AtomicBool = AtomicBool::new(false);
+
+/// True once the probe sites of this process are switched off.
+#[inline(always)]
+pub fn sites_off() -> bool {
+    SITES_OFF.load(Ordering::Relaxed)
+}
+
+/// Switches every probe off for the rest of this process (async-signal-safe).
+pub fn switch_off() {
+    SITES_OFF.store(true, Ordering::Relaxed);
+}
+
+/// The mask of probes that are attached right now.
+pub fn attached_mask() -> u32 {
+    Probe::ALL
+        .iter()
+        .filter(|p| p.attached())
+        .fold(0, |m, p| m | p.bit())
+}
+
+/// The names of the probes in `mask`, in probe order.
+pub fn names(mask: u32) -> Vec<&'static str> {
+    Probe::ALL
+        .iter()
+        .filter(|p| mask & p.bit() != 0)
+        .map(|p| p.name())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bits_follow_probe_order() {
+        for (i, p) in Probe::ALL.iter().enumerate() {
+            assert_eq!(p.bit(), 1 << i);
+        }
+        assert_eq!(names(0b100101), ["PY_START", "PY_RETURN", "LINE"]);
+        assert!(names(0).is_empty());
+    }
+
+    #[test]
+    fn nothing_attached_without_a_tracer() {
+        assert_eq!(attached_mask(), 0);
+    }
+
+    #[test]
+    fn every_site_is_the_nop_and_never_straddles_a_page() {
+        for site in arch::sites() {
+            let addr = site as usize;
+            assert!(addr % 4096 + SITE_NOP.len() <= 4096, "{addr:#x}");
+            // SAFETY: a probe site in this binary's mapped text.
+            let bytes = unsafe { std::ptr::read_volatile(site) };
+            assert_eq!(bytes, SITE_NOP);
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! The x86_64 probe sites: one naked leaf function per probe whose first
+//! instruction is the site, its SystemTap SDT note and its semaphore.
+//!
+//! Written here rather than by the `usdt` crate (or `<sys/sdt.h>`) for the
+//! instruction: those emit a 1-byte `nop`, which the kernel can only trap
+//! (int3); Linux 6.18+ turns a uprobe on a 5-byte `nop` into a call to a
+//! trampoline that enters the kernel through the `uprobe` syscall (248 ns a
+//! hit instead of 496 ns here, bench/sdt_loop.c). Older kernels trap on it.
+//!
+//! Each site is the whole body of a naked function (`nop; ret`), so the
+//! arguments are exactly where the C calling convention puts them (the
+//! note's operands name those registers), and the function's own red zone,
+//! into which the 6.18 trampoline's `call` writes, holds nothing. The
+//! function carries its own CFI (the CFA is `%rsp + 8` throughout: nothing
+//! moves the stack pointer), so DWARF unwinders (perf `--call-graph dwarf`,
+//! gdb) step through a site; frame-pointer walkers see the caller's chain
+//! untouched. The `nop` is 8-byte aligned, so it never straddles a page (the
+//! 6.18 optimizer refuses such sites).
+//!
+//! `.stapsdt.base` is placed in the text segment ("ax"): perf computes a
+//! site's file offset as if the base and the sites shared a segment, which
+//! with LLD's layout (text at p_vaddr - p_offset = 0x1000) put its uprobe
+//! mid-instruction when the base sat in a read-only data segment.
+
+use std::ptr::addr_of;
+
+use super::Probe;
+
+/// The instruction at every probe site, `nopl 0x0(%rax,%rax,1)`: the bytes
+/// the site asm writes (it needs them as a literal), checked against the
+/// notes by tests/test_sites.py and restored in forked children by `fork_repair`.
+pub const SITE_NOP: [u8; 5] = [0x0f, 0x1f, 0x44, 0x00, 0x00];
+
+/// One probe site function: `$probe` is the probe name, `$args` the note's
+/// argument string over the C ABI's argument registers.
+macro_rules! site_fn {
+    ($fn_name:ident, $probe:literal, $args:literal, ($($arg:ident: $ty:ty),*)) => {
+        /// Fires the probe of the same name (a `nop` unless a tracer placed a
+        /// uprobe on it); the arguments are read by the tracer from registers.
+        #[unsafe(naked)]
+        pub extern "C" fn $fn_name($($arg: $ty),*) {
+            // The body is the site and `ret`: it reads and writes no memory
+            // and leaves every register as it was. The semaphore and the
+            // note are data emitted into their own sections.
+            core::arch::naked_asm!(
+                ".cfi_startproc",
+                ".balign 8",
+                concat!(".globl __pyusdt_site_", $probe),
+                concat!(".hidden __pyusdt_site_", $probe),
+                concat!("__pyusdt_site_", $probe, ":"),
+                "990: .byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
+                "ret",
+                ".cfi_endproc",
+                ".pushsection .probes, \"aw\", \"progbits\"",
+                concat!(".globl __usdt_sema_pyusdt_", $probe),
+                concat!(".hidden __usdt_sema_pyusdt_", $probe),
+                ".balign 2",
+                concat!("__usdt_sema_pyusdt_", $probe, ":"),
+                ".zero 2",
+                concat!(".type __usdt_sema_pyusdt_", $probe, ", @object"),
+                concat!(".size __usdt_sema_pyusdt_", $probe, ", 2"),
+                ".popsection",
+                ".pushsection .note.stapsdt, \"\", \"note\"",
+                ".balign 4",
+                ".4byte 992f-991f, 994f-993f, 3",
+                "991: .asciz \"stapsdt\"",
+                "992: .balign 4",
+                "993: .8byte 990b",
+                ".8byte _.stapsdt.base",
+                concat!(".8byte __usdt_sema_pyusdt_", $probe),
+                ".asciz \"pyusdt\"",
+                concat!(".asciz \"", $probe, "\""),
+                concat!(".asciz \"", $args, "\""),
+                "994: .balign 4",
+                ".popsection",
+                ".ifndef _.stapsdt.base",
+                ".pushsection .stapsdt.base, \"axGR\", \"progbits\", .stapsdt.base, comdat",
+                ".weak _.stapsdt.base",
+                ".hidden _.stapsdt.base",
+                "_.stapsdt.base: .byte 0xcc",
+                ".size _.stapsdt.base, 1",
+                ".popsection",
+                ".endif",
+                options(att_syntax)
+            )
+        }
+    };
+}
+
+/// The probe sites, one function each.
+pub mod fire {
+    site_fn!(py_start, "PY_START", "8@%rdi 8@%rsi -4@%edx -8@%rcx -8@%r8",
+        (name: usize, file: usize, line: i32, offset: i64, interp: i64));
+    site_fn!(py_resume, "PY_RESUME", "8@%rdi 8@%rsi -4@%edx -8@%rcx -8@%r8",
+        (name: usize, file: usize, line: i32, offset: i64, interp: i64));
+    site_fn!(py_return, "PY_RETURN", "8@%rdi 8@%rsi -4@%edx -8@%rcx 8@%r8 -8@%r9",
+        (name: usize, file: usize, line: i32, offset: i64, repr: usize, interp: i64));
+    site_fn!(py_yield, "PY_YIELD", "8@%rdi 8@%rsi -4@%edx -8@%rcx 8@%r8 -8@%r9",
+        (name: usize, file: usize, line: i32, offset: i64, repr: usize, interp: i64));
+    site_fn!(call, "CALL", "8@%rdi 8@%rsi -4@%edx -8@%rcx 8@%r8 -8@%r9",
+        (name: usize, file: usize, line: i32, offset: i64, repr: usize, interp: i64));
+    site_fn!(line, "LINE", "8@%rdi 8@%rsi -4@%edx -8@%rcx",
+        (name: usize, file: usize, line: i32, interp: i64));
+}
+
+// The semaphores the site asm defines (one u16 per probe, in `.probes`);
+// the kernel increments one when a uprobe is attached to its probe and
+// decrements it on detach.
+unsafe extern "C" {
+    static __usdt_sema_pyusdt_PY_START: u16;
+    static __usdt_sema_pyusdt_PY_RESUME: u16;
+    static __usdt_sema_pyusdt_PY_RETURN: u16;
+    static __usdt_sema_pyusdt_PY_YIELD: u16;
+    static __usdt_sema_pyusdt_CALL: u16;
+    static __usdt_sema_pyusdt_LINE: u16;
+}
+
+#[inline(always)]
+pub fn semaphore(probe: Probe) -> u16 {
+    // SAFETY: the semaphores are 2-byte, 2-aligned statics defined by the
+    // site asm; the kernel writes them behind our back, so they are read with
+    // a volatile load through a raw pointer, never through a reference.
+    unsafe {
+        match probe {
+            Probe::PyStart => addr_of!(__usdt_sema_pyusdt_PY_START).read_volatile(),
+            Probe::PyResume => addr_of!(__usdt_sema_pyusdt_PY_RESUME).read_volatile(),
+            Probe::PyReturn => addr_of!(__usdt_sema_pyusdt_PY_RETURN).read_volatile(),
+            Probe::PyYield => addr_of!(__usdt_sema_pyusdt_PY_YIELD).read_volatile(),
+            Probe::Call => addr_of!(__usdt_sema_pyusdt_CALL).read_volatile(),
+            Probe::Line => addr_of!(__usdt_sema_pyusdt_LINE).read_volatile(),
+        }
+    }
+}
+
+// The sites' labels: each names the 5 bytes of its `nop`.
+unsafe extern "C" {
+    static __pyusdt_site_PY_START: [u8; 5];
+    static __pyusdt_site_PY_RESUME: [u8; 5];
+    static __pyusdt_site_PY_RETURN: [u8; 5];
+    static __pyusdt_site_PY_YIELD: [u8; 5];
+    static __pyusdt_site_CALL: [u8; 5];
+    static __pyusdt_site_LINE: [u8; 5];
+}
+
+/// The address of every probe site's `nop`, in probe order.
+pub fn sites() -> [*const [u8; 5]; 6] {
+    // Only the addresses are taken; nothing is read here.
+    [
+        addr_of!(__pyusdt_site_PY_START),
+        addr_of!(__pyusdt_site_PY_RESUME),
+        addr_of!(__pyusdt_site_PY_RETURN),
+        addr_of!(__pyusdt_site_PY_YIELD),
+        addr_of!(__pyusdt_site_CALL),
+        addr_of!(__pyusdt_site_LINE),
+    ]
+}
