@@ -180,33 +180,11 @@ extern "C" fn add_main_hooks(_arg: *mut c_void) -> c_int {
             })
             .and_then(|()| register_fork_hooks());
         if ok.is_err() {
-            let msg = exception_text();
+            let msg = monitoring::exception_text();
             config::log(|| format!("cannot register the main interpreter's hooks: {msg}"));
         }
     }
     0
-}
-
-/// The pending exception's text, cleared.
-unsafe fn exception_text() -> String {
-    // SAFETY: attached; the exception and its str are released.
-    unsafe {
-        let exc = ffi::PyErr_GetRaisedException();
-        let mut text = String::from("?");
-        if !exc.is_null() {
-            let s = ffi::PyObject_Str(exc);
-            if !s.is_null() {
-                let p = ffi::PyUnicode_AsUTF8AndSize(s, ptr::null_mut());
-                if !p.is_null() {
-                    text = CStr::from_ptr(p).to_string_lossy().into_owned();
-                }
-                ffi::Py_DECREF(s);
-            }
-            ffi::Py_DECREF(exc);
-        }
-        ffi::PyErr_Clear();
-        text
-    }
 }
 
 fn is_main() -> bool {

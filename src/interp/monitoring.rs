@@ -57,7 +57,17 @@ unsafe fn long(v: i64) -> Owned {
 
 /// Logs and clears the pending Python error.
 unsafe fn report(what: &str, interp_id: i64) {
-    // SAFETY: attached.
+    // SAFETY: attached (the caller's contract).
+    let text = unsafe { exception_text() };
+    config::log(|| format!("{what} failed in interpreter {interp_id}: {text}"));
+}
+
+/// The pending exception's text ("?" if none), cleared.
+///
+/// # Safety
+/// Attached.
+pub(super) unsafe fn exception_text() -> String {
+    // SAFETY: attached; the exception and its str are released.
     unsafe {
         let exc = ffi::PyErr_GetRaisedException();
         let mut text = String::from("?");
@@ -70,10 +80,10 @@ unsafe fn report(what: &str, interp_id: i64) {
                 }
                 ffi::Py_DECREF(s);
             }
-            ffi::PyErr_Clear();
             ffi::Py_DECREF(exc);
         }
-        config::log(|| format!("{what} failed in interpreter {interp_id}: {text}"));
+        ffi::PyErr_Clear();
+        text
     }
 }
 
