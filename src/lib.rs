@@ -16,6 +16,7 @@ mod fast_repr;
 mod fork_sites;
 mod module;
 mod monitoring;
+mod object_repr;
 mod probes;
 mod repr;
 mod state;
