@@ -125,9 +125,7 @@ def test_full_mode_calls_user_repr(bpftrace: str, script: Path, tmp_path: Path) 
     assert rets[8] == "[1, counted]"
 
 
-def test_repr_taking_a_held_lock_does_not_hang(
-    bpftrace: str, script: Path, tmp_path: Path
-) -> None:
+def test_repr_taking_a_held_lock_does_not_hang(bpftrace: str, script: Path, tmp_path: Path) -> None:
     # With repr() called, the first return would deadlock: the subprocess timeout of
     # run() turns that into a failure.
     t, done = run(script, "lock", tmp_path, None)
@@ -135,9 +133,7 @@ def test_repr_taking_a_held_lock_does_not_hang(
     ev = events(t)
     rets = [e[2] for e in ev if e[0] == "R" and e[1] == "ret_locked"]
     assert len(rets) == 1 and re.fullmatch(OBJ.format("Locked"), rets[0]), ev
-    assert re.fullmatch(
-        r"\[" + OBJ.format("Locked") + r"\]", [e[2] for e in ev if e[0] == "Y"][0]
-    )
+    assert re.fullmatch(r"\[" + OBJ.format("Locked") + r"\]", [e[2] for e in ev if e[0] == "Y"][0])
     assert any(re.fullmatch(OBJ.format("Locked"), e[2]) for e in ev if e[0] == "C"), ev
 
 
