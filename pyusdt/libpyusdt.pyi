@@ -14,6 +14,7 @@ class Status(TypedDict):  # stub-only: for annotations under TYPE_CHECKING
     enabled: list[str]  # probes whose sys.monitoring events are enabled here
     interpreter_id: int
     repr_max: int  # maximum bytes of a value repr passed to PY_RETURN/PY_YIELD/CALL
+    repr: str  # 'safe' (no user code runs for a repr) or 'full' (PYUSDT_REPR=full)
 
 def status() -> Status: ...
 def attached_probes() -> list[str]: ...

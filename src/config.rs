@@ -1,5 +1,6 @@
 //! Process-wide configuration from the environment (`PYUSDT_CHECK_MSEC`,
-//! `PYUSDT_REPR_MAX`, `PYUSDT_VERBOSE`) and the verbose log, written straight to fd 2.
+//! `PYUSDT_REPR_MAX`, `PYUSDT_REPR`, `PYUSDT_VERBOSE`) and the verbose log,
+//! written straight to fd 2.
 
 use std::sync::OnceLock;
 
@@ -12,9 +13,20 @@ pub const DEFAULT_REPR_MAX: usize = 256;
 pub const MIN_REPR_MAX: usize = 16;
 pub const MAX_REPR_MAX: usize = 65_536;
 
+/// Which values get their `repr()` called (`PYUSDT_REPR`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ReprMode {
+    /// `safe` (the default): no Python code runs for a repr; values whose
+    /// `repr()` could run some get `object.__repr__`'s text (`object_repr`).
+    Safe,
+    /// `full`: `repr()` of every value, user-defined `__repr__` included.
+    Full,
+}
+
 pub struct Config {
     pub check_msec: u64,
     pub repr_max: usize,
+    pub repr_mode: ReprMode,
     pub verbose: bool,
 }
 
@@ -43,9 +55,11 @@ pub fn get() -> &'static Config {
             DEFAULT_REPR_MAX as u64,
             verbose,
         ) as usize;
+        let repr_mode = repr_mode(verbose);
         Config {
             check_msec,
             repr_max,
+            repr_mode,
             verbose,
         }
     })
@@ -66,6 +80,26 @@ fn setting(name: &str, min: u64, max: u64, default: u64, verbose: bool) -> u64 {
                 ));
             }
             default
+        }
+    }
+}
+
+/// `PYUSDT_REPR`: `safe` or `full` (case and surrounding blanks ignored);
+/// anything else (one verbose line) is the default, `safe`.
+fn repr_mode(verbose: bool) -> ReprMode {
+    let Ok(raw) = std::env::var("PYUSDT_REPR") else {
+        return ReprMode::Safe;
+    };
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "safe" => ReprMode::Safe,
+        "full" => ReprMode::Full,
+        _ => {
+            if verbose {
+                write_stderr(&format!(
+                    "pyusdt: PYUSDT_REPR={raw:?} is not safe or full; using safe\n"
+                ));
+            }
+            ReprMode::Safe
         }
     }
 }

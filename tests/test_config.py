@@ -24,7 +24,14 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in ("PYUSDT_CHECK_MSEC", "PYUSDT_REPR_MAX", "PYUSDT_VERBOSE", "PYTHONSAFEPATH")
+        if k
+        not in (
+            "PYUSDT_CHECK_MSEC",
+            "PYUSDT_REPR_MAX",
+            "PYUSDT_REPR",
+            "PYUSDT_VERBOSE",
+            "PYTHONSAFEPATH",
+        )
     }
     env.update(extra)
     return env
@@ -211,3 +218,31 @@ def test_paths_and_odd_names_given_to_dash_m(tmp_path, spec):
         assert r.returncode == 0
     else:
         assert r.returncode == 1 and r.stdout == ""
+
+
+def repr_mode(env: dict[str, str], tmp_path: Path) -> tuple[str, list[str]]:
+    r = subprocess.run(
+        [sys.executable, "-c", "import pyusdt; print(pyusdt.status()['repr'])"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip(), [ln for ln in r.stderr.splitlines() if "ready" not in ln]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [(None, "safe"), ("safe", "safe"), ("full", "full"), (" FULL ", "full")]
+)
+def test_repr_mode_setting(tmp_path, value, expected):
+    env = clean_env() if value is None else clean_env(PYUSDT_REPR=value)
+    assert repr_mode(env, tmp_path) == (expected, [])
+
+
+def test_invalid_repr_mode_falls_back_to_safe(tmp_path):
+    assert repr_mode(clean_env(PYUSDT_REPR="fast"), tmp_path) == ("safe", [])
+    mode, err = repr_mode(clean_env(PYUSDT_REPR="fast", PYUSDT_VERBOSE="1"), tmp_path)
+    assert mode == "safe"
+    assert len(err) == 1 and "PYUSDT_REPR" in err[0], err

@@ -1,10 +1,12 @@
 """Owns the value/callable repr passed to the probes when repr() misbehaves: raising,
 huge (bounded to PYUSDT_REPR_MAX - 1 bytes, here 1023, cut at a UTF-8 boundary), non-str,
 endlessly recursive, re-entrant (calls traced code), and KeyboardInterrupt (propagates
-to the program)."""
+to the program). These run with PYUSDT_REPR=full, where repr() is called; by default
+(`safe`) none of those `__repr__` run and the values carry `object.__repr__`'s text."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -84,7 +86,7 @@ def untraced(script: Path, mode: str, cwd: Path) -> subprocess.CompletedProcess[
 def test_misbehaving_reprs(bpftrace: str, script: Path, tmp_path: Path) -> None:
     plain = untraced(script, "reprs", tmp_path)
     assert plain.returncode == 0, plain.stderr
-    env = base_env(PYUSDT_REPR_MAX=str(REPR_MAX))
+    env = base_env(PYUSDT_REPR_MAX=str(REPR_MAX), PYUSDT_REPR="full")
     t = trace(program(str(script)), script, PROBES, args=["reprs"], cwd=tmp_path, env=env)
     # The program sees nothing of what the probes went through.
     assert t.returncode == 0, t.stderr + t.bt_stderr
@@ -130,7 +132,8 @@ def test_keyboard_interrupt_in_repr_reaches_the_program(
     plain = untraced(script, "interrupt", tmp_path)
     assert plain.returncode == 0, plain.stderr
     assert plain.stdout == "no KeyboardInterrupt\nafter str None\n"
-    t = trace(program(str(script)), script, PROBES, args=["interrupt"], cwd=tmp_path)
+    env = base_env(PYUSDT_REPR="full")
+    t = trace(program(str(script)), script, PROBES, args=["interrupt"], cwd=tmp_path, env=env)
     assert t.returncode == 0, t.stderr + t.bt_stderr
     # A BaseException from repr() is not swallowed: it surfaces where the value was
     # returned, and the program can handle it.
@@ -141,3 +144,55 @@ def test_keyboard_interrupt_in_repr_reaches_the_program(
     assert [e for e in ev if e[0] == "R" and e[1] == "ret_interrupting"] == []
     # Tracing goes on afterwards.
     assert ("R", "after", "'after'") in ev
+
+
+def obj(name: str) -> str:
+    return rf"<__main__\.{name} object at 0x[0-9a-f]+>"
+
+
+def test_misbehaving_reprs_do_not_run_by_default(
+    bpftrace: str, script: Path, tmp_path: Path
+) -> None:
+    plain = untraced(script, "reprs", tmp_path)
+    env = base_env(PYUSDT_REPR_MAX=str(REPR_MAX))
+    env.pop("PYUSDT_REPR", None)
+    t = trace(program(str(script)), script, PROBES, args=["reprs"], cwd=tmp_path, env=env)
+    assert t.returncode == 0, t.stderr + t.bt_stderr
+    assert t.stdout == plain.stdout
+    assert t.stderr == ""
+    ev = events(t)
+    rets = {e[1]: e[2] for e in ev if e[0] == "R"}
+    tails = {e[1]: e[2] for e in ev if e[0] == "T"}
+    # object.__repr__'s text: no __repr__ ran, so none could fail.
+    for func, cls in [
+        ("ret_raises", "RaisesInRepr"),
+        ("ret_not_str", "NotAStr"),
+        ("ret_recursive", "Recursive"),
+        ("ret_chatty", "Chatty"),
+        ("ret_huge", "Huge"),
+    ]:
+        assert re.fullmatch(obj(cls), rets[func]), (func, rets[func])
+    [yielded] = [e[2] for e in ev if e[0] == "Y" and e[1] == "yield_raises"]
+    assert re.fullmatch(obj("RaisesInRepr"), yielded)
+    # The class is called (its repr is type's, pure C), then the instance.
+    called = [e[2] for e in ev if e[0] == "C" and e[1] == "call_bad_callable"]
+    assert called[0] == "<class '__main__.BadCallable'>"
+    assert re.fullmatch(obj("BadCallable"), called[1]), called
+    assert not [e for e in ev if "<repr failed" in e[-1]]
+    # A str's repr is pure C: the same text (and bound) as with repr().
+    assert rets["ret_accents"] == "'" + "\u00e9" * 31
+    assert tails["ret_accents"] == "\u00e9" * ((REPR_MAX - 5 - TAIL_AT) // 2) + "..."
+    assert rets["after"] == "'after'"
+
+
+def test_keyboard_interrupting_repr_does_not_run_by_default(
+    bpftrace: str, script: Path, tmp_path: Path
+) -> None:
+    env = base_env()
+    env.pop("PYUSDT_REPR", None)
+    t = trace(program(str(script)), script, PROBES, args=["interrupt"], cwd=tmp_path, env=env)
+    assert t.returncode == 0, t.stderr + t.bt_stderr
+    assert t.stdout == "no KeyboardInterrupt\nafter str None\n"
+    assert t.stderr == ""
+    [ret] = [e[2] for e in events(t) if e[0] == "R" and e[1] == "ret_interrupting"]
+    assert re.fullmatch(obj("Interrupting"), ret)

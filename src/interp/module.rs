@@ -340,7 +340,7 @@ unsafe fn status_dict(st: &State) -> *mut ffi::PyObject {
             Some(t) => ffi::PyLong_FromLong(t as _),
             None => ffi::Py_NewRef(ffi::Py_None()),
         };
-        let items: [(&CStr, *mut ffi::PyObject); 6] = [
+        let items: [(&CStr, *mut ffi::PyObject); 7] = [
             (c"tool_id", tool),
             (
                 c"poll_msec",
@@ -353,6 +353,13 @@ unsafe fn status_dict(st: &State) -> *mut ffi::PyObject {
             ),
             (c"interpreter_id", ffi::PyLong_FromLongLong(st.interp_id)),
             (c"repr_max", ffi::PyLong_FromSize_t(config::get().repr_max)),
+            (
+                c"repr",
+                ffi::PyUnicode_FromString(match config::get().repr_mode {
+                    config::ReprMode::Safe => c"safe".as_ptr(),
+                    config::ReprMode::Full => c"full".as_ptr(),
+                }),
+            ),
         ];
         let mut ok = true;
         for (k, v) in items {

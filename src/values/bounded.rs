@@ -3,7 +3,9 @@
 //! and on GIL builds exact `list`, `tuple` and `dict`), produce the first
 //! bytes of exactly what `repr()` would return, and stop once past the bound.
 //! Elements that `fast_repr` knows are written by it; everything else
-//! (subclasses, other types) goes through `PyObject_Repr`.
+//! (subclasses, other types) goes through `PyObject_Repr` when its repr is
+//! pure C or `PYUSDT_REPR=full`, else gets `object.__repr__`'s text
+//! (`object_repr`), so that `[1, Foo()]` is `[1, <__main__.Foo object at 0x...>]`.
 //!
 //! Invariant: after `repr_into(obj, out, limit)`, either `out` ends with the
 //! whole of `repr(obj)`, or `out.len() >= limit` and its first `limit` bytes
@@ -14,6 +16,8 @@ use std::ffi::c_char;
 use pyo3::ffi;
 
 use super::fast_repr::{self, Fast, Keys};
+use super::object_repr;
+use crate::config::{self, ReprMode};
 
 /// Should `repr_into` handle this value (rather than a plain `PyObject_Repr`)?
 ///
@@ -77,7 +81,8 @@ unsafe fn append_repr(
     limit: usize,
     keys: &Keys,
 ) -> Result<(), ()> {
-    // SAFETY: attached; the repr is released after copying.
+    // SAFETY: attached, `obj` valid, `keys` of this interpreter (the caller's
+    // contract); the repr is released after copying.
     unsafe {
         match fast_repr::write(obj, keys, out, limit) {
             Some(Fast::Static(text)) => {
@@ -86,6 +91,9 @@ unsafe fn append_repr(
             }
             Some(Fast::Written) => return Ok(()),
             None => {}
+        }
+        if config::get().repr_mode == ReprMode::Safe && !object_repr::pure_c(obj) {
+            return object_repr::write(obj, keys, out);
         }
         let r = ffi::PyObject_Repr(obj);
         if r.is_null() {

@@ -32,6 +32,12 @@ pub struct Keys {
 }
 
 impl Keys {
+    /// The interned `"__module__"` (null before `init`), borrowed.
+    #[cfg(not(Py_GIL_DISABLED))]
+    pub fn module_key(&self) -> *mut ffi::PyObject {
+        self.module
+    }
+
     pub const fn empty() -> Self {
         Keys {
             module: std::ptr::null_mut(),

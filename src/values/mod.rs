@@ -5,4 +5,5 @@
 pub mod bounded;
 pub mod code_info;
 pub mod fast_repr;
+pub mod object_repr;
 pub mod repr;

@@ -5,7 +5,10 @@
 //! buffer (no copy); a longer one is cut at a character boundary into the
 //! thread's scratch buffer. The commonest values skip `PyObject_Repr`: their
 //! exact repr is written straight into the scratch buffer or is a static
-//! string (`fast_repr`). When `repr()` raises an `Exception`, the event
+//! string (`fast_repr`). In the default `safe` mode (`PYUSDT_REPR`) no Python
+//! code runs: a value whose `repr()` is not pure C gets `object.__repr__`'s
+//! text, made natively (`object_repr`); `full` calls `repr()` for it, with
+//! the guards below. When `repr()` raises an `Exception`, the event
 //! still fires with `<repr failed: TypeName>` and the exception is cleared,
 //! so the traced program never sees it. A `BaseException` that is not an
 //! `Exception` (KeyboardInterrupt from a signal handler, SystemExit) is left
@@ -23,7 +26,8 @@ use thread_local::ThreadLocal;
 
 use super::bounded;
 use super::fast_repr::{self, Fast, Keys};
-use crate::config;
+use super::object_repr;
+use crate::config::{self, ReprMode};
 
 /// Per-thread state of one interpreter (threads can switch interpreters, so
 /// it is kept per interpreter, not in a `thread_local!`).
@@ -125,6 +129,10 @@ pub unsafe fn bounded<'a>(
     if unsafe { bounded::wants(obj, max) } {
         return unsafe { bounded_repr(s, keys, obj) };
     }
+    // SAFETY: as above.
+    if config::get().repr_mode == ReprMode::Safe && !unsafe { object_repr::pure_c(obj) } {
+        return unsafe { object_text(s, keys, obj) };
+    }
     s.in_repr.set(true);
     // SAFETY: attached, `obj` valid (the caller's contract).
     let r = unsafe { ffi::PyObject_Repr(obj) };
@@ -149,6 +157,26 @@ pub unsafe fn bounded<'a>(
         ffi::Py_DECREF(r);
         Some(out)
     }
+}
+
+/// `object.__repr__(obj)`'s text (see `object_repr`), in the scratch buffer.
+unsafe fn object_text<'a>(
+    s: &'a Scratch,
+    keys: &Keys,
+    obj: *mut ffi::PyObject,
+) -> Option<Repr<'a>> {
+    let mut buf = s.buf.borrow_mut();
+    buf.clear();
+    // SAFETY: attached, `obj` valid (the caller's contract); no Python code
+    // runs, so nothing can observe the buffer borrowed.
+    if unsafe { object_repr::write(obj, keys, &mut buf) }.is_err() {
+        drop(buf);
+        // SAFETY: attached with the error of `write` set.
+        return unsafe { failed(s) };
+    }
+    finish(&mut buf);
+    drop(buf);
+    Some(Repr::Scratch(s.buf.borrow()))
 }
 
 /// A repr computed only up to the bound (see `bounded`), in the scratch buffer.
