@@ -412,14 +412,11 @@ def _cmdline(pid: int) -> str:
 
 
 def _format_probes(counts: dict[str, int] | None) -> str:
+    """The attached probes' names; a semaphore counts uprobes, not tracers, so it is
+    1 however many tracers attached the probe."""
     if counts is None:
         return "?"
-    names = [
-        f"{p}" if counts[p] == 1 else f"{p}({counts[p]})"
-        for p in sorted(counts, key=lambda p: (_PROBES + (p,)).index(p))
-        if counts[p]
-    ]
-    return ",".join(names) or "-"
+    return ",".join(p for p in _PROBES if counts.get(p)) or "-"
 
 
 def list_processes() -> list[tuple[int, str, str, str]]:
