@@ -288,3 +288,8 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    if __spec__ is not None and not sys.flags.inspect:
+        # Run by `python -m pyusdt`: leave runpy's frames below by an exception (exit status
+        # 0 all the same), so that their last line and PY_RETURNs are not traced. (Under -i,
+        # python would show the SystemExit and enter the REPL: returning is right there.)
+        raise SystemExit

@@ -1,51 +1,82 @@
-"""`pyusdt-trace`: run a Python program under `python -m pyusdt` and trace it with bpftrace.
+"""`pyusdt-trace`: trace a Python program's pyusdt probes with bpftrace.
 
-This file owns the `pyusdt-trace` console script. It starts the target as
-`python -m pyusdt --wait=SECS ARGS...` (so the target's code only runs once bpftrace is
-attached), fills the probe library's path into the bpftrace program, runs
-`bpftrace -p PID`, forwards SIGINT/SIGTERM to the target and exits with its status.
+This file owns the `pyusdt-trace` console script. It has three modes:
+
+- run: start the target as `python .../pyusdt/_trace_boot.py --wait=SECS ARGS...` (that is,
+  `python -m pyusdt`, so the target's code only runs once bpftrace is attached), as the
+  user who ran sudo unless --as-root, fill the probe library's path into the bpftrace
+  program, run `bpftrace -p PID`, forward SIGINT/SIGTERM to the target and exit with its
+  status;
+- attach (-p PID): the same for a process that is already running and has pyusdt loaded;
+  exits when that process does, or on SIGINT/SIGTERM;
+- --ps: list the processes that have pyusdt loaded, with the probes attached in each.
+
+Probe specs are rewritten to `usdt:/proc/PID/root/LIB:...`: that form attaches each probe
+exactly once with `-p` on bpftrace 0.17 and 0.27 alike (0.27 attaches a plain absolute LIB
+twice), and it reaches a library inside another mount namespace (a container).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import resource
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass, field
 
 PROG = "pyusdt-trace"
 DEFAULT_WAIT = 10.0
 USAGE = (
-    f"usage: {PROG} [--bpftrace PATH] [--wait SECS] (SCRIPT.bt | -e PROGRAM)"
-    " [--] (script.py | -m module | -c code) [args...]"
+    f"usage: {PROG} [--bpftrace PATH] [--wait SECS] [--as-root] (SCRIPT.bt | -e PROGRAM)"
+    " [--] (script.py | -m module | -c code) [args...]\n"
+    f"       {PROG} [--bpftrace PATH] -p PID (SCRIPT.bt | -e PROGRAM)\n"
+    f"       {PROG} --ps"
 )
 HELP = f"""{USAGE}
 
 Run a Python program with `python -m pyusdt` and trace it with `bpftrace -p PID`.
-The program starts only once bpftrace is attached, and everything it does is traced.
-Exits with the program's exit status, after bpftrace has printed everything.
+The program starts only once bpftrace is attached, and everything it does is traced
+(but nothing of pyusdt's own start-up code). Exits with the program's exit status,
+after bpftrace has printed everything.
+
+With -p PID, trace a running process that has pyusdt loaded (`python -m pyusdt ...` or
+`import pyusdt`), also one in a container; exits when it does, or on Ctrl-C.
+With --ps, list the processes that have pyusdt loaded: PID, Python version, the probes
+attached now (from their semaphores) and the command line.
 
 In the bpftrace program, the probe library may be named as `usdt:PYUSDT:pyusdt:PROBE`,
 `usdt:./libpyusdt.so:pyusdt:PROBE` (any path ending in libpyusdt*.so) or
-`usdt:*:pyusdt:PROBE`; each is replaced by the absolute path of the library the target
-loaded. Probes: PY_START, PY_RESUME, PY_RETURN, PY_YIELD, CALL, LINE (see the README).
+`usdt:*:pyusdt:PROBE`; each is replaced by /proc/PID/root/ + the path of the library the
+target loaded, which attaches every probe once. Probes: PY_START, PY_RESUME, PY_RETURN,
+PY_YIELD, CALL, LINE (see the README).
 
 options:
   -e PROGRAM        the bpftrace program text (instead of SCRIPT.bt)
+  -p PID            trace the running process PID instead of starting a program
+  --ps              list the processes that have pyusdt loaded, and exit
   --bpftrace PATH   the bpftrace binary (default: bpftrace on PATH)
   --wait SECS       how long the target waits for bpftrace to attach before running
                     untraced (default {DEFAULT_WAIT:g})
+  --as-root         under sudo, run the program as root too; by default it runs as the
+                    user who ran sudo (SUDO_UID/SUDO_GID, their groups, HOME, USER)
   -h, --help        show this help
 
 Everything after `--` (or after SCRIPT.bt / -e PROGRAM) is passed to `python -m pyusdt`.
-Needs root (bpftrace does).
+Needs root (bpftrace does); bpftrace always runs as root. RLIMIT_MEMLOCK is raised for
+bpftrace as far as allowed; on Linux 5.11+ (BPF memory is charged to the memory cgroup,
+not to that limit) bpftrace 0.17's "couldn't set RLIMIT_MEMLOCK" error is not shown.
 
-example:
+examples:
   sudo {PROG} -e 'usdt:PYUSDT:pyusdt:PY_START {{ @[str(arg0)] = count(); }}' -- app.py
+  sudo {PROG} -p 1234 sample.bt
+  sudo {PROG} --ps
 """
 
 # usdt:<lib>: or U:<lib>: where <lib> is PYUSDT, `*` / empty (with provider pyusdt), or
@@ -55,26 +86,13 @@ _PROBE_LIB_RE = re.compile(
     r"""|(?<![\w$])(usdt|U):\*?(?=:pyusdt:)"""
 )
 
+# The target runs `python -m pyusdt ARGS` through this file (see its docstring).
+_BOOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_trace_boot.py")
 
-# The target runs `python -m pyusdt ARGS`, except that pyusdt is loaded from this very
-# package rather than looked up on sys.path: with `-m`, a `pyusdt/` directory in the
-# current directory (a source checkout, say) would shadow the installed one.
-_BOOTSTRAP = f"""\
-import importlib.util, os, sys
-if not sys.flags.safe_path:
-    del sys.path[0]
-_spec = importlib.util.spec_from_file_location(
-    "pyusdt", {os.path.join(os.path.dirname(os.path.abspath(__file__)), "__init__.py")!r}
-)
-_pyusdt = importlib.util.module_from_spec(_spec)
-sys.modules["pyusdt"] = _pyusdt
-_spec.loader.exec_module(_pyusdt)
-import pyusdt.__main__ as _main
-if not sys.flags.safe_path:
-    sys.path.insert(0, os.getcwd())
-sys.argv[0] = _main.__file__
-_main.main()
-"""
+_PROBES = ("PY_START", "PY_RESUME", "PY_RETURN", "PY_YIELD", "CALL", "LINE")
+
+# bpftrace 0.17 sets RLIMIT_MEMLOCK to infinity, and says so on stderr when it may not.
+_MEMLOCK_ERROR = re.compile(r"^ERROR: .*couldn't set RLIMIT_MEMLOCK")
 
 
 class UsageError(Exception):
@@ -86,14 +104,21 @@ def _error(message: str) -> None:
     sys.stderr.flush()
 
 
+def _fail(message: str, status: int) -> None:
+    _error(message)
+    sys.exit(status)
+
+
 def rewrite_program(text: str, lib: str) -> str:
-    """Put the absolute library path into every pyusdt probe spec of a bpftrace program."""
+    """Put the library path `lib` into every pyusdt probe spec of a bpftrace program."""
     if not re.fullmatch(r"[\w./+-]+", lib):
         lib = '"' + lib.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return _PROBE_LIB_RE.sub(lambda m: f"{m.group(1) or m.group(2)}:{lib}", text)
 
 
-_PROBES = ("PY_START", "PY_RESUME", "PY_RETURN", "PY_YIELD", "CALL", "LINE")
+def probe_lib(pid: int, lib: str) -> str:
+    """The path by which bpftrace -p PID attaches once to `lib` (a path as PID sees it)."""
+    return f"/proc/{pid}/root{lib}"
 
 
 def probes_used(program: str) -> list[str] | None:
@@ -108,11 +133,21 @@ def probes_used(program: str) -> list[str] | None:
     return sorted(set(names), key=_PROBES.index)
 
 
-def parse_args(argv: list[str]) -> tuple[str, str | None, str | None, float, list[str]]:
-    """Return (bpftrace, script_path, program_text, wait, python_args)."""
-    bpftrace = "bpftrace"
-    wait = DEFAULT_WAIT
-    script = program = None
+@dataclass
+class Options:
+    bpftrace: str = "bpftrace"
+    script: str | None = None
+    program: str | None = None
+    wait: float | None = None
+    pid: int | None = None
+    ps: bool = False
+    as_root: bool = False
+    python_args: list[str] = field(default_factory=list)
+
+
+def parse_args(argv: list[str]) -> Options:
+    opts = Options()
+    given: list[str] = []
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -120,39 +155,64 @@ def parse_args(argv: list[str]) -> tuple[str, str | None, str | None, float, lis
         if arg in ("-h", "--help"):
             sys.stdout.write(HELP)
             sys.exit(0)
-        elif name in ("--bpftrace", "--wait") or arg == "-e":
-            if not eq:
+        elif arg in ("--ps", "--as-root"):
+            given.append(arg)
+            if arg == "--ps":
+                opts.ps = True
+            else:
+                opts.as_root = True
+        elif name in ("--bpftrace", "--wait") or arg in ("-e", "-p"):
+            if not eq or arg in ("-e", "-p"):
                 if i + 1 >= len(argv):
                     raise UsageError(f"{arg} needs a value")
                 i += 1
                 value = argv[i]
+            given.append(name)
             if arg == "-e":
-                program = value
+                opts.program = value
+            elif arg == "-p":
+                if not value.isdigit() or int(value) <= 0:
+                    raise UsageError(f"invalid PID: {value!r}")
+                opts.pid = int(value)
             elif name == "--bpftrace":
-                bpftrace = value
+                opts.bpftrace = value
             else:
                 try:
-                    wait = float(value)
+                    opts.wait = float(value)
                 except ValueError:
-                    wait = -1.0
-                if not 0 <= wait < float("inf"):
+                    opts.wait = -1.0
+                if not 0 <= opts.wait < float("inf"):
                     raise UsageError(f"invalid --wait value: {value!r}")
         elif arg == "--":
             i += 1
             break
-        elif arg.startswith("-") and arg != "-" and program is None and script is None:
+        elif arg.startswith("-") and arg != "-" and opts.program is None and opts.script is None:
             raise UsageError(f"unknown option: {arg}")
-        elif program is None and script is None:
-            script = arg
+        elif opts.program is None and opts.script is None:
+            opts.script = arg
         else:
             break
         i += 1
-    if program is None and script is None:
+    opts.python_args = argv[i:]
+    if opts.ps:
+        if len(given) > 1 or opts.script is not None or opts.python_args:
+            raise UsageError("--ps takes no other arguments")
+        return opts
+    if opts.program is None and opts.script is None:
         raise UsageError("a bpftrace script or -e PROGRAM is required")
-    python_args = argv[i:]
-    if not python_args:
-        raise UsageError("no Python program to run (give it after `--`)")
-    return bpftrace, script, program, wait, python_args
+    if opts.pid is not None:
+        for option in ("--wait", "--as-root"):
+            if option in given:
+                raise UsageError(f"{option} is for starting a program, not for -p PID")
+        if opts.python_args:
+            raise UsageError(
+                f"-p PID traces a running process: no program to run ({opts.python_args[0]!r})"
+            )
+    elif not opts.python_args:
+        raise UsageError("no Python program to run (give it after `--`), or -p PID")
+    if opts.wait is None:
+        opts.wait = DEFAULT_WAIT
+    return opts
 
 
 def _find_bpftrace(name: str) -> str | None:
@@ -161,35 +221,297 @@ def _find_bpftrace(name: str) -> str | None:
     return shutil.which(name)
 
 
+# -- /proc and ELF -----------------------------------------------------------------------------
+
+
+@dataclass
+class Mapping:
+    start: int
+    end: int
+    offset: int
+    path: str  # as the process sees it, without " (deleted)"
+
+
+def _is_probe_lib(path: str) -> bool:
+    name = os.path.basename(path)
+    return name.startswith("libpyusdt") and ".so" in name
+
+
+def _maps(pid: int) -> list[Mapping]:
+    """The file mappings of process `pid` (OSError if it cannot be read)."""
+    out = []
+    with open(f"/proc/{pid}/maps") as maps:
+        for line in maps:
+            parts = line.rstrip("\n").split(None, 5)
+            if len(parts) < 6 or not parts[5].startswith("/"):
+                continue
+            start, _, end = parts[0].partition("-")
+            path = parts[5].removesuffix(" (deleted)")
+            out.append(Mapping(int(start, 16), int(end, 16), int(parts[2], 16), path))
+    return out
+
+
 def _mapped_lib(pid: int) -> str | None:
-    """The libpyusdt shared object mapped into process `pid`, if any yet."""
+    """The libpyusdt shared object mapped into process `pid` (its path there), if any yet."""
     try:
-        with open(f"/proc/{pid}/maps") as maps:
-            for line in maps:
-                path = line.rstrip("\n").split(None, 5)[-1]
-                if os.path.basename(path).startswith("libpyusdt") and ".so" in path:
-                    return path
+        for m in _maps(pid):
+            if _is_probe_lib(m.path):
+                return m.path
     except OSError:
         pass
     return None
 
 
-def _wait_for_lib(child: subprocess.Popen, timeout: float) -> str | None:
-    """Wait until the target has loaded the probe library; None if it exited first."""
-    deadline = time.monotonic() + timeout
-    while child.poll() is None:
-        lib = _mapped_lib(child.pid)
-        if lib is not None:
-            return lib
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.005)
-    if child.poll() is None:
-        # Could not see it (no /proc?): use the library this interpreter would load.
-        import pyusdt
+def _u(data: bytes, fmt: str, offset: int) -> tuple:
+    return struct.unpack_from(fmt, data, offset)
 
-        return os.path.abspath(pyusdt.lib_path())
-    return None
+
+def stapsdt_semaphores(data: bytes, provider: str = "pyusdt") -> tuple[int, dict[str, int]]:
+    """(link-time vaddr of the first PT_LOAD, {probe: link-time semaphore vaddr}) of an ELF.
+
+    Reads the SystemTap SDT notes (section .note.stapsdt, note type 3): each note's
+    descriptor is the probe's pc, the link-time address of .stapsdt.base and the
+    semaphore's address, then "provider\\0name\\0args\\0". Probes without a semaphore are
+    left out. The semaphore is corrected by how far .stapsdt.base moved (prelink).
+    """
+    if data[:4] != b"\x7fELF" or data[4] not in (1, 2) or data[5] not in (1, 2):
+        raise ValueError("not an ELF file")
+    is64 = data[4] == 2
+    e = "<" if data[5] == 1 else ">"
+    w = "Q" if is64 else "I"
+    if is64:
+        phoff, shoff = _u(data, e + "QQ", 32)
+        phentsize, phnum, shentsize, shnum, shstrndx = _u(data, e + "HHHHH", 54)
+    else:
+        phoff, shoff = _u(data, e + "II", 28)
+        phentsize, phnum, shentsize, shnum, shstrndx = _u(data, e + "HHHHH", 42)
+
+    first_load = None
+    for k in range(phnum):
+        off = phoff + k * phentsize
+        if is64:
+            p_type, _flags, p_offset, p_vaddr, _p, _fs, _ms, p_align = _u(data, e + "IIQQQQQQ", off)
+        else:
+            p_type, p_offset, p_vaddr, _p, _fs, _ms, _flags, p_align = _u(data, e + "8I", off)
+        if p_type == 1 and p_offset == 0:  # PT_LOAD mapping the file's start
+            first_load = p_vaddr & ~(max(p_align, 1) - 1)
+            break
+    if first_load is None:
+        raise ValueError("no PT_LOAD segment at file offset 0")
+
+    sections = []
+    for k in range(shnum):
+        off = shoff + k * shentsize
+        if is64:
+            name, stype, _fl, addr, offset, size = _u(data, e + "IIQQQQ", off)
+        else:
+            name, stype, _fl, addr, offset, size = _u(data, e + "6I", off)
+        sections.append((name, stype, addr, offset, size))
+    strtab = sections[shstrndx][3] if shstrndx < len(sections) else 0
+
+    def section_name(s):
+        return data[strtab + s[0] : data.index(b"\0", strtab + s[0])].decode(errors="replace")
+
+    by_name = {section_name(s): s for s in sections}
+    base = by_name.get(".stapsdt.base")
+    notes = by_name.get(".note.stapsdt")
+    found: dict[str, int] = {}
+    if notes is None:
+        return first_load, found
+    pos, end = notes[3], notes[3] + notes[4]
+    addr_size = 8 if is64 else 4
+    while pos + 12 <= end:
+        namesz, descsz, ntype = _u(data, e + "III", pos)
+        name_at = pos + 12
+        desc_at = name_at + ((namesz + 3) & ~3)
+        pos = desc_at + ((descsz + 3) & ~3)
+        if ntype != 3 or data[name_at : name_at + namesz].rstrip(b"\0") != b"stapsdt":
+            continue
+        _pc, note_base, sem = _u(data, e + w * 3, desc_at)
+        prov, probe = data[desc_at + 3 * addr_size : desc_at + descsz].split(b"\0")[:2]
+        if prov.decode(errors="replace") != provider or not sem:
+            continue
+        if base is not None:
+            sem += base[2] - note_base
+        found[probe.decode(errors="replace")] = sem
+    return first_load, found
+
+
+def attached_probes(pid: int, maps: list[Mapping] | None = None) -> dict[str, int] | None:
+    """{probe: semaphore count} of the pyusdt probes attached in process `pid` now.
+
+    The semaphores' addresses come from the library's SDT notes, moved by the address at
+    which the process mapped the library (from /proc/PID/maps); the counts are read from
+    /proc/PID/mem. None if the library or the memory cannot be read.
+    """
+    try:
+        maps = _maps(pid) if maps is None else maps
+    except OSError:
+        return None
+    libs = [m for m in maps if _is_probe_lib(m.path)]
+    if not libs:
+        return None
+    lib = libs[0]
+    head = min((m for m in libs if m.path == lib.path), key=lambda m: (m.offset, m.start))
+    data = None
+    # map_files reaches the very file mapped (even deleted or in another mount namespace).
+    for path in (f"/proc/{pid}/map_files/{head.start:x}-{head.end:x}", probe_lib(pid, lib.path)):
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+            break
+        except OSError:
+            continue
+    if data is None:
+        return None
+    try:
+        first_load, sems = stapsdt_semaphores(data)
+    except (ValueError, struct.error, IndexError):
+        return None
+    bias = head.start - head.offset - first_load
+    counts = {}
+    try:
+        with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+            for probe, sem in sems.items():
+                mem.seek(bias + sem)
+                raw = mem.read(2)
+                if len(raw) != 2:
+                    return None
+                counts[probe] = int.from_bytes(raw, sys.byteorder)
+    except (OSError, ValueError, OverflowError):
+        return None
+    return counts
+
+
+def python_version(pid: int, maps: list[Mapping]) -> str:
+    """The Python version of process `pid`: from the extension's ABI tag (cpython-312,
+    cpython-313t), else the mapped libpython, else the executable's name; "?" if none."""
+    for m in maps:
+        tag = re.search(r"\.cpython-(\d)(\d+)(t?)-", os.path.basename(m.path))
+        if _is_probe_lib(m.path) and tag:
+            return f"{tag[1]}.{tag[2]}{tag[3]}"
+    for m in maps:
+        lib = re.fullmatch(r"libpython(\d\.\d+t?)\.so.*", os.path.basename(m.path))
+        if lib:
+            return lib[1]
+    try:
+        exe = os.path.basename(os.readlink(f"/proc/{pid}/exe"))
+    except OSError:
+        exe = ""
+    found = re.fullmatch(r"python(\d\.\d+t?)", exe.removesuffix(" (deleted)"))
+    return found[1] if found else "?"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return "?"
+    return " ".join(a.decode(errors="replace") for a in raw.rstrip(b"\0").split(b"\0"))
+
+
+def _format_probes(counts: dict[str, int] | None) -> str:
+    """The attached probes' names; a semaphore counts uprobes, not tracers, so it is
+    1 however many tracers attached the probe."""
+    if counts is None:
+        return "?"
+    return ",".join(p for p in _PROBES if counts.get(p)) or "-"
+
+
+def list_processes() -> list[tuple[int, str, str, str]]:
+    """(pid, python version, attached probes, command line) of processes with pyusdt."""
+    rows = []
+    for entry in sorted((e for e in os.listdir("/proc") if e.isdigit()), key=int):
+        pid = int(entry)
+        if pid == os.getpid():  # this very script has pyusdt loaded too
+            continue
+        try:
+            maps = _maps(pid)
+        except OSError:
+            continue
+        if not any(_is_probe_lib(m.path) for m in maps):
+            continue
+        rows.append(
+            (
+                pid,
+                python_version(pid, maps),
+                _format_probes(attached_probes(pid, maps)),
+                _cmdline(pid),
+            )
+        )
+    return rows
+
+
+def _ps() -> None:
+    rows = [("PID", "PYTHON", "PROBES", "COMMAND")]
+    rows += [(str(pid), v, p, c) for pid, v, p, c in list_processes()]
+    widths = [max(len(r[k]) for r in rows) for k in range(3)]
+    for row in rows:
+        sys.stdout.write(
+            f"{row[0]:>{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:<{widths[2]}}  {row[3]}\n"
+        )
+
+
+# -- running bpftrace --------------------------------------------------------------------------
+
+
+def _raise_memlock() -> None:
+    """RLIMIT_MEMLOCK to infinity for bpftrace (children inherit it), or as high as allowed.
+
+    Without CAP_SYS_RESOURCE (some containers) the hard limit cannot be raised: then the
+    soft limit goes up to the hard one.
+    """
+    inf = resource.RLIM_INFINITY
+    try:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (inf, inf))
+    except (ValueError, OSError):
+        try:
+            _soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+            resource.setrlimit(resource.RLIMIT_MEMLOCK, (hard, hard))
+        except (ValueError, OSError):
+            pass
+
+
+def _memcg_accounts_bpf() -> bool:
+    """Linux 5.11+ charges BPF memory to the memory cgroup; RLIMIT_MEMLOCK is not used."""
+    found = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    return bool(found) and (int(found[1]), int(found[2])) >= (5, 11)
+
+
+class Tracer:
+    """bpftrace -p PID FILE, stdout shared with us; stderr passed on line by line, without
+    bpftrace 0.17's RLIMIT_MEMLOCK error where that limit does not matter."""
+
+    def __init__(self, bpftrace: str, pid: int, bt_file: str):
+        _raise_memlock()
+        self.proc = subprocess.Popen(
+            [bpftrace, "-p", str(pid), bt_file], process_group=0, stderr=subprocess.PIPE
+        )
+        self._drop_memlock = _memcg_accounts_bpf()
+        self._copier = threading.Thread(target=self._copy_stderr, daemon=True)
+        self._copier.start()
+
+    def _copy_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        out = sys.stderr.buffer
+        for line in self.proc.stderr:
+            if self._drop_memlock and _MEMLOCK_ERROR.match(line.decode(errors="replace")):
+                continue
+            out.write(line)
+            out.flush()
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def wait(self, timeout: float | None = None) -> int:
+        status = self.proc.wait(timeout)
+        self._copier.join()
+        return status
+
+    def stop(self, sig: int, grace: float) -> int:
+        _stop(self.proc, sig, grace)
+        return self.wait()
 
 
 def _stop(proc: subprocess.Popen, sig: int, grace: float) -> None:
@@ -229,30 +551,86 @@ def _exit_like(returncode: int) -> None:
     sys.exit(returncode)
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+def _write_program(tmpdir: str, script: str | None, program: str) -> str:
+    bt_file = os.path.join(tmpdir, os.path.basename(script) if script else "program.bt")
+    with open(bt_file, "w", encoding="utf-8") as f:
+        f.write(program)
+    return bt_file
+
+
+# -- run mode ----------------------------------------------------------------------------------
+
+
+@dataclass
+class User:
+    uid: int
+    gid: int
+    groups: list[int]
+    env: dict[str, str]
+
+
+def invoking_user(as_root: bool) -> User | None:
+    """Under sudo (we are root, SUDO_UID names another user): whom to run the target as."""
+    uid, gid = os.environ.get("SUDO_UID", ""), os.environ.get("SUDO_GID", "")
+    if as_root or os.geteuid() != 0 or not uid.isdigit() or int(uid) == 0:
+        return None
+    import pwd
+
     try:
-        bpftrace_name, script, program, wait, python_args = parse_args(argv)
-    except UsageError as exc:
-        _error(str(exc))
-        sys.stderr.write(f"{USAGE}\nTry '{PROG} --help' for more information.\n")
-        sys.exit(2)
-
-    bpftrace = _find_bpftrace(bpftrace_name)
-    if bpftrace is None:
-        _error(f"bpftrace not found: {bpftrace_name} (install bpftrace or pass --bpftrace PATH)")
-        sys.exit(1)
-    if os.geteuid() != 0:
-        _error("bpftrace needs root: run this as root (e.g. with sudo)")
-        sys.exit(1)
-    if program is None:
+        pw = pwd.getpwuid(int(uid))
+    except KeyError:
+        pw = None
+    if not gid.isdigit():
+        if pw is None:
+            _fail(f"SUDO_UID={uid} but no SUDO_GID and no such user (try --as-root)", 2)
+        gid = str(pw.pw_gid)
+    env = dict(os.environ)
+    groups = [int(gid)]
+    if pw is not None:
+        env.update(HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name)
         try:
-            with open(script, encoding="utf-8") as f:
-                program = f.read()
-        except (OSError, UnicodeDecodeError) as exc:
-            _error(f"cannot read {script}: {exc.strerror or exc}")
-            sys.exit(1)
+            groups = os.getgrouplist(pw.pw_name, int(gid))
+        except OSError:
+            pass
+    return User(int(uid), int(gid), groups, env)
 
+
+def _spawn_target(user: User | None, args: list[str]) -> subprocess.Popen:
+    cmd = [sys.executable, _BOOT, *args]
+    if user is None:
+        return subprocess.Popen(cmd)
+    try:
+        return subprocess.Popen(
+            cmd, user=user.uid, group=user.gid, extra_groups=user.groups, env=user.env
+        )
+    except PermissionError as exc:
+        _fail(
+            f"cannot run {exc.filename or sys.executable} as uid {user.uid} (the user who ran"
+            f" sudo): {exc.strerror}; make it readable by that user, or use --as-root",
+            1,
+        )
+        raise
+
+
+def _wait_for_lib(child: subprocess.Popen, timeout: float) -> str | None:
+    """Wait until the target has loaded the probe library; None if it exited first."""
+    deadline = time.monotonic() + timeout
+    while child.poll() is None:
+        lib = _mapped_lib(child.pid)
+        if lib is not None:
+            return lib
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.005)
+    if child.poll() is None:
+        # Could not see it (no /proc?): use the library this interpreter would load.
+        import pyusdt
+
+        return os.path.abspath(pyusdt.lib_path())
+    return None
+
+
+def run(opts: Options, bpftrace: str, program: str) -> None:
     # Ctrl-C at a terminal reaches the target directly (same process group); anything else
     # sent to us is forwarded. bpftrace runs in its own process group so that it keeps
     # tracing until the target has finished, then flushes its output.
@@ -278,19 +656,19 @@ def main(argv: list[str] | None = None) -> None:
 
     # Which probes to wait for can be known before the library's path is.
     probes = probes_used(rewrite_program(program, "/libpyusdt.so"))
-    options = [f"--wait={wait:g}"] + ([f"--probes={','.join(probes)}"] if probes else [])
-    child = subprocess.Popen([sys.executable, "-c", _BOOTSTRAP, *options, *python_args])
+    options = [f"--wait={opts.wait:g}"] + ([f"--probes={','.join(probes)}"] if probes else [])
+    child = _spawn_target(invoking_user(opts.as_root), [*options, *opts.python_args])
     tmpdir = None
     try:
-        lib = _wait_for_lib(child, timeout=max(wait, 5.0))
+        lib = _wait_for_lib(child, timeout=max(opts.wait or 0.0, 5.0))
         if lib is None:  # the target failed before loading pyusdt (it said why)
             _exit_like(child.wait())
         tmpdir = tempfile.mkdtemp(prefix="pyusdt-trace-")
-        bt_file = os.path.join(tmpdir, os.path.basename(script) if script else "program.bt")
-        with open(bt_file, "w", encoding="utf-8") as f:
-            f.write(rewrite_program(program, lib))
+        bt_file = _write_program(
+            tmpdir, opts.script, rewrite_program(program, probe_lib(child.pid, lib))
+        )
         try:
-            tracer = subprocess.Popen([bpftrace, "-p", str(child.pid), bt_file], process_group=0)
+            tracer = Tracer(bpftrace, child.pid, bt_file)
         except OSError as exc:
             _error(f"cannot run {bpftrace}: {exc.strerror or exc}")
             _stop(child, signal.SIGKILL, 1.0)
@@ -310,6 +688,7 @@ def main(argv: list[str] | None = None) -> None:
                     pass
                 # A bad program, no permission, ...: bpftrace said why.
                 _stop(child, signal.SIGTERM, 1.0)
+                tracer.wait()
                 sys.exit(tracer_status if tracer_status > 0 else 1)
             time.sleep(0.01)
 
@@ -317,13 +696,110 @@ def main(argv: list[str] | None = None) -> None:
         try:
             tracer.wait(2.0)
         except subprocess.TimeoutExpired:
-            _stop(tracer, signal.SIGINT, 5.0)
+            tracer.stop(signal.SIGINT, 5.0)
         _exit_like(status)
     finally:
         if child.poll() is None:
             _stop(child, signal.SIGKILL, 1.0)
         if tmpdir is not None:
             shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+# -- attach mode -------------------------------------------------------------------------------
+
+
+def _running(pid: int) -> bool:
+    """True while `pid` runs (a zombie, exited but not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] not in (b"Z", b"X")
+
+
+def attach(pid: int, lib: str, bpftrace: str, script: str | None, program: str) -> None:
+    stop_requested: list[int] = []
+
+    def request_stop(signum, _frame):
+        stop_requested.append(signum)
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    tmpdir = tempfile.mkdtemp(prefix="pyusdt-trace-")
+    try:
+        bt_file = _write_program(tmpdir, script, rewrite_program(program, probe_lib(pid, lib)))
+        try:
+            tracer = Tracer(bpftrace, pid, bt_file)
+        except OSError as exc:
+            _fail(f"cannot run {bpftrace}: {exc.strerror or exc}", 1)
+        gone_since = None
+        while tracer.poll() is None:
+            if stop_requested:
+                status = tracer.stop(signal.SIGINT, 5.0)
+                break
+            if not _running(pid):
+                # bpftrace -p exits when the target does; give it time, then nudge it.
+                gone_since = gone_since or time.monotonic()
+                if time.monotonic() - gone_since > 2.0:
+                    status = tracer.stop(signal.SIGINT, 5.0)
+                    break
+            time.sleep(0.01)
+        else:
+            status = tracer.wait()
+        sys.stdout.flush()
+        sys.exit(status if status > 0 else 1 if status < 0 else 0)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        opts = parse_args(argv)
+    except UsageError as exc:
+        _error(str(exc))
+        sys.stderr.write(f"{USAGE}\nTry '{PROG} --help' for more information.\n")
+        sys.exit(2)
+    if opts.ps:
+        _ps()
+        return
+    if opts.pid is not None and not os.path.exists(f"/proc/{opts.pid}"):
+        _fail(f"no such process: {opts.pid}", 2)
+
+    bpftrace = _find_bpftrace(opts.bpftrace)
+    if bpftrace is None:
+        _fail(f"bpftrace not found: {opts.bpftrace} (install bpftrace or pass --bpftrace PATH)", 1)
+    if os.geteuid() != 0:
+        _fail("bpftrace needs root: run this as root (e.g. with sudo)", 1)
+    program = opts.program
+    if program is None:
+        try:
+            with open(opts.script, encoding="utf-8") as f:
+                program = f.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            _fail(f"cannot read {opts.script}: {exc.strerror or exc}", 1)
+
+    if opts.pid is None:
+        run(opts, bpftrace, program)
+        return
+    try:
+        lib = None
+        for m in _maps(opts.pid):
+            if _is_probe_lib(m.path):
+                lib = m.path
+                break
+    except OSError as exc:
+        if not os.path.exists(f"/proc/{opts.pid}"):
+            _fail(f"no such process: {opts.pid}", 2)
+        _fail(f"cannot read /proc/{opts.pid}/maps: {exc.strerror or exc}", 2)
+    if lib is None:
+        _fail(
+            f"process {opts.pid} has not loaded pyusdt (no libpyusdt*.so in /proc/{opts.pid}/maps;"
+            " run it with `python -m pyusdt` or `import pyusdt`)",
+            2,
+        )
+    attach(opts.pid, lib, bpftrace, opts.script, program)
 
 
 if __name__ == "__main__":

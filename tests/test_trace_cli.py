@@ -147,6 +147,8 @@ def test_help(workdir):
     assert r.returncode == 0
     assert r.stdout.startswith("usage: pyusdt-trace")
     assert "usdt:PYUSDT:" in r.stdout
+    for text in ("-p PID", "--ps", "--as-root", "SUDO_UID", "/proc/PID/root/", "RLIMIT_MEMLOCK"):
+        assert text in r.stdout, text
 
 
 def test_console_script_installed():

@@ -1,0 +1,32 @@
+"""The script `pyusdt-trace` starts its target with: `python .../pyusdt/_trace_boot.py ARGS`.
+
+It behaves as `python -m pyusdt ARGS`, except that pyusdt is loaded from this very
+directory rather than looked up on sys.path: with `-m`, a `pyusdt/` directory in the
+current directory (a source checkout, say) would shadow the installed one.
+
+It is a file in the pyusdt package, not `python -c CODE`, so that this outermost frame is
+pyusdt's own code, which is never traced: a `-c` frame (file `<string>`) would show up in
+the trace as a PY_RETURN once the target has finished. Nothing else runs first, so no
+runpy frame lies under the target either.
+"""
+
+import importlib.util
+import os
+import sys
+
+# python put this file's directory first on sys.path; `python -m` puts the cwd there.
+if not sys.flags.safe_path:
+    sys.path[0] = os.getcwd()
+_here = os.path.dirname(os.path.abspath(__file__))
+try:
+    _spec = importlib.util.spec_from_file_location("pyusdt", os.path.join(_here, "__init__.py"))
+    _pyusdt = importlib.util.module_from_spec(_spec)
+    sys.modules["pyusdt"] = _pyusdt
+    _spec.loader.exec_module(_pyusdt)
+except OSError as exc:
+    sys.stderr.write(f"pyusdt-trace: cannot load pyusdt from {_here}: {exc.strerror or exc}\n")
+    sys.exit(2)
+import pyusdt.__main__ as _main  # noqa: E402
+
+sys.argv[0] = _main.__file__
+_main.main()
