@@ -35,7 +35,7 @@ RESUME_FAILURE = (
 # A bare sys.monitoring tool (no pyusdt) monitoring the events in argv[2] with a C
 # callback (argv[1] == "c": a builtin method taking any arguments, as pyusdt's
 # callbacks are C functions) or a Python one ("py"), then unittest.
-BARE_TOOL = """\\
+BARE_TOOL = """\
 import sys, unittest
 mon = sys.monitoring
 mon.use_tool_id(3, "bare")
