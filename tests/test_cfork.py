@@ -352,8 +352,12 @@ def test_gdb_backtrace_from_probe_site_reaches_interpreter(tmp_path):
     text = f"{out}\n{err}"
     # The breakpoint hit at the site, in pyusdt (gdb names the function holding it),
     assert "pyusdt" in names[0] and "py_start" in names[0].lower(), text
-    # and the unwinder got from there into the interpreter and on up to main.
+    # its caller is pyusdt's callback, and the unwinder got from there through the
+    # interpreter up to main, every frame a known function (a wrong CFA at the site gives
+    # "?? ()" frames of stack garbage, which may even name an interpreter symbol).
+    assert len(names) > 2 and "pyusdt" in names[1], text
     first = next((i for i, n in enumerate(names) if INTERPRETER_FRAME.search(n)), None)
-    assert first is not None and first > 0, text
-    assert any(n in ("Py_RunMain", "Py_BytesMain", "main") for n in names[first:]), text
-    assert "Backtrace stopped" not in out, text
+    assert first is not None, text
+    bottom = next((i for i, n in enumerate(names) if n in ("Py_RunMain", "Py_BytesMain")), None)
+    assert bottom is not None and bottom > first, text
+    assert "??" not in names[: bottom + 1], text
