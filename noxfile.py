@@ -11,12 +11,14 @@ Sessions:
 Interpreter paths come from `matrix/provision --list` ("VERSION PATH" lines); this file
 never builds interpreters, run `matrix/provision` (or `bash matrix/test`) first.
 Venvs use the stdlib `venv` backend of the target interpreter. The test sessions
-install maturin + pytest, then the project with `pip install --no-build-isolation .`
+install maturin + pytest, the servers tests/test_servers.py runs (uWSGI and gunicorn,
+from PyPI), then the project with `pip install --no-build-isolation .`
 (maturin builds the extension for that interpreter), then run `pytest -v tests`
 with `session.posargs` appended. The caller's environment is passed through, e.g.
 PYUSDT_REQUIRE_BPFTRACE=1 turns bpftrace skips into failures.
 """
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -27,6 +29,10 @@ PROVISION = ROOT / "matrix" / "provision"
 REQUIRED = ("3.12", "3.13", "3.13t")
 OPTIONAL = ("3.14", "3.14t")
 BUILD_REQS = ("maturin>=1.7,<2", "pytest", "coverage")
+# uWSGI has no wheels on PyPI: pip builds it from source (~30 s) once per interpreter and
+# keeps the wheel in its cache (~/.cache/pip/wheels), so later fresh venvs reuse it.
+# Nothing here may turn that cache off (no --no-cache-dir).
+SERVER_REQS = ("uwsgi", "gunicorn")
 
 nox.options.reuse_existing_virtualenvs = False
 nox.options.error_on_missing_interpreters = True
@@ -80,6 +86,9 @@ def _make_tests_session(version: str) -> None:
     )
     def tests(session: nox.Session) -> None:
         _require(session, version)
+        if os.environ.get("PIP_NO_CACHE_DIR"):
+            session.warn("PIP_NO_CACHE_DIR is set: uWSGI is rebuilt from source in every venv")
+        session.install(*SERVER_REQS)
         _install_project(session)
         session.run("pytest", "-v", "tests", *session.posargs)
 

@@ -24,7 +24,8 @@ REQUIRE_BPFTRACE = os.environ.get("PYUSDT_REQUIRE_BPFTRACE") == "1"
 
 # Tests that only mean something on the free-threaded build are not collected on
 # the others (rather than skipped): the 3.13t nox session runs them.
-collect_ignore = [] if sysconfig.get_config_var("Py_GIL_DISABLED") else ["test_freethreaded.py"]
+FREE_THREADED_ONLY = ["test_freethreaded.py", "test_freethreaded_fork.py"]
+collect_ignore = [] if sysconfig.get_config_var("Py_GIL_DISABLED") else FREE_THREADED_ONLY
 BPFTRACE = shutil.which("bpftrace")
 LIB = pyusdt.lib_path()
 
