@@ -8,7 +8,8 @@
 //!   `os.fork`'s stop-the-world on free-threaded builds, when no attached
 //!   thread can be inside these locks' short critical sections.
 //! - child: forgets the parent's thread (it does not exist here), keeps the
-//!   main interpreter only, and after a C-level fork starts the child's own
+//!   main interpreter only after `os.fork` (CPython deletes the others; a
+//!   C-level fork leaves them all), and after a C-level fork starts the child's own
 //!   watcher (which first waits one interval). After `os.fork`, Python's
 //!   after-in-child hook starts it instead, once CPython is re-initialised.
 //!
@@ -113,12 +114,12 @@ impl Watcher {
             return;
         };
         c.forget_inherited();
-        if r.after_fork_child() {
+        let c_level = !c.paused;
+        if r.after_fork_child(c_level) {
             // The fork cut a toggle short: that interpreter's state is not
             // trustworthy here, so this process is never toggled again.
             c.off = true;
         }
-        let c_level = !c.paused;
         let start = c_level && !r.is_empty();
         drop(r);
         drop(c);

@@ -59,13 +59,18 @@ impl Registry {
     }
 
     /// The entries whose applied mask differs from `mask`, now.
+    /// The main interpreter comes first: a subinterpreter whose GIL a
+    /// thread lost in a fork still holds would stall the watcher there.
     pub(super) fn due(&self, mask: u32, now: Instant) -> Vec<u64> {
-        self.entries
+        let mut due: Vec<(bool, u64)> = self
+            .entries
             .iter()
             .filter(|e| !e.removed && !e.in_flight && e.applied != mask)
             .filter(|e| e.retry_at.is_none_or(|t| now >= t))
-            .map(|e| e.token)
-            .collect()
+            .map(|e| (!e.target.is_main(), e.token))
+            .collect();
+        due.sort();
+        due.into_iter().map(|(_, t)| t).collect()
     }
 
     /// Marks the entry in flight, unless it is gone or being removed.
@@ -93,11 +98,14 @@ impl Registry {
         self.entries.iter().any(|e| e.in_flight)
     }
 
-    /// In a forked child: only the main interpreter survives a fork, and no
-    /// toggle runs there. Returns whether one was in flight at the fork.
-    pub(super) fn after_fork_child(&mut self) -> bool {
+    /// In a forked child, where no toggle runs: after `os.fork` only the
+    /// main interpreter survives (CPython deletes the others); after a
+    /// C-level fork they all still exist. Returns whether a toggle was in
+    /// flight at the fork.
+    pub(super) fn after_fork_child(&mut self, keep_subinterpreters: bool) -> bool {
         let was = self.any_in_flight();
-        self.entries.retain(|e| e.target.is_main() && !e.removed);
+        self.entries
+            .retain(|e| (keep_subinterpreters || e.target.is_main()) && !e.removed);
         for e in &mut self.entries {
             e.in_flight = false;
         }

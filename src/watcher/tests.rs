@@ -190,7 +190,7 @@ fn an_inherited_thread_is_forgotten_and_a_new_one_serves() {
     // What a fork leaves: the thread is gone (stop it without telling the
     // control), the handle is the parent's, only the main interpreter stays.
     w.pretend_forked();
-    assert!(!super::lock(&w.reg).after_fork_child());
+    assert!(!super::lock(&w.reg).after_fork_child(false));
     assert!(!w.is_registered(3));
     w.start_or_kick(true);
     mask.store(0b1, Ordering::SeqCst);
