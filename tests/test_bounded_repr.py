@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 import shutil
 import sys
-import sysconfig
 import tempfile
 import types
 from pathlib import Path
@@ -22,7 +21,6 @@ SCRIPT = Path(__file__).parent / "scripts" / "bounded_values.py"
 CHUNK = 127  # bpftrace reads CHUNK bytes per str() with BPFTRACE_STRLEN=128
 
 
-GIL_DISABLED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 # Types whose repr() the default mode calls or makes itself: pure C, no Python code.
 PURE_C = (
     str,
@@ -43,9 +41,9 @@ PURE_C = (
 
 def safe_repr(v: object, inside: tuple[int, ...] = ()) -> str:
     """The default mode's text for `v`: repr() where it is pure C, exact list, tuple and
-    dict (GIL builds) of such texts, else `object.__repr__(v)`."""
+    dict of such texts, else `object.__repr__(v)`."""
     t = type(v)
-    if t in (list, tuple, dict) and not GIL_DISABLED:
+    if t in (list, tuple, dict):
         open_, close = {list: "[]", tuple: "()", dict: "{}"}[t]
         if not v:
             return open_ + close

@@ -186,3 +186,72 @@ def test_200_attach_detach_cycles_while_4_threads_run(bpftrace, workdir):
     for tid, n in iters.items():
         expected = Counter({k: v * n for k, v in per_iter.items()})
         assert per[tid] == expected, f"thread {tid} ({n} iterations): {per[tid]} != {expected}"
+
+
+MUTATED = """\
+import sys, threading
+
+shared_list = [1, 2, 3]
+shared_dict = {"a": 1}
+stop = threading.Event()
+
+
+def mutate():
+    i = 0
+    while not stop.is_set():
+        i += 1
+        shared_list.append(i)
+        shared_dict[i] = [i]
+        if len(shared_list) > 50:
+            del shared_list[3:]
+            shared_dict.clear()
+            shared_dict["a"] = 1
+
+
+def get_list():
+    return shared_list
+
+
+def get_dict():
+    return shared_dict
+
+
+def reader():
+    for _ in range(N):
+        get_list()
+        get_dict()
+
+
+N = int(sys.argv[1])
+m = threading.Thread(target=mutate)
+m.start()
+readers = [threading.Thread(target=reader) for _ in range(3)]
+for t in readers:
+    t.start()
+for t in readers:
+    t.join()
+stop.set()
+m.join()
+print("done")
+"""
+
+
+def test_lists_and_dicts_mutated_by_another_thread_while_returned(bpftrace, tmp_path):
+    """Lists and dicts are formatted from snapshots taken under their own locks: a
+    thread mutating them while three others return them neither crashes nor loses an
+    event, and every text is the container's own (not object.__repr__'s)."""
+    from gated import trace
+
+    script = tmp_path / "mutated.py"
+    script.write_text(MUTATED)
+    n = 2000
+    program = "\n".join(
+        f'usdt:PYUSDT:pyusdt:PY_RETURN /str(arg0) == "get_{k}"/ {{ @{k}[str(arg4, 1)] = count(); }}'
+        for k in ("list", "dict")
+    )
+    t = trace(program, script, ["PY_RETURN"], args=[str(n)], cwd=tmp_path)
+    assert t.returncode == 0, t.stderr + t.bt_stderr
+    assert t.stdout == "done\n"
+    assert "Lost" not in t.bt_stderr, t.bt_stderr
+    assert "@list[[]: 6000" in t.output, t.output
+    assert "@dict[{]: 6000" in t.output, t.output

@@ -8,7 +8,6 @@ import re
 import shutil
 import subprocess
 import sys
-import sysconfig
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
@@ -120,18 +119,12 @@ def test_all_probes_match_reference(bpftrace: str, workload: Path, tmp_path: Pat
     python = sys.executable
     ref_events, ref_stdout = reference(workload, tmp_path, python)
     probes = list(START_LIKE + VALUE_LIKE + ("LINE",))
-    # The reference records repr(). On free-threaded builds the default (safe)
-    # mode shows lists and dicts as object.__repr__ does (README, probe
-    # reference; tests/test_repr_safety.py checks that text), so there the
-    # comparison with repr() is made in full mode.
-    env = base_env(PYUSDT_REPR="full") if sysconfig.get_config_var("Py_GIL_DISABLED") else None
     t = trace(
         program(str(workload)),
         workload,
         probes,
         python=python,
         cwd=tmp_path,
-        env=env,
         bt_env={"BPFTRACE_STRLEN": str(STRLEN)},
     )
     assert t.returncode == 0, t.stderr + t.bt_stderr

@@ -1,7 +1,9 @@
 //! `repr()` computed only as far as the probes' bound: for values whose full
-//! repr can be large and whose format CPython fixes (exact `str` and `bytes`,
-//! and on GIL builds exact `list`, `tuple` and `dict`), produce the first
-//! bytes of exactly what `repr()` would return, and stop once past the bound.
+//! repr can be large and whose format CPython fixes (exact `str`, `bytes`,
+//! `list`, `tuple` and `dict`), produce the first bytes of exactly what
+//! `repr()` would return, and stop once past the bound. On free-threaded
+//! builds a list or dict is read from a snapshot taken under its own lock
+//! (`PyList_AsTuple`, `PyDict_Items`), as consistent as CPython's own repr.
 //! Elements that `fast_repr` knows are written by it; everything else
 //! (subclasses, other types) goes through `PyObject_Repr` when its repr is
 //! pure C or `PYUSDT_REPR=full`, else gets `object.__repr__`'s text
@@ -28,10 +30,9 @@ pub unsafe fn wants(obj: *mut ffi::PyObject, limit: usize) -> bool {
     unsafe {
         (ffi::PyUnicode_CheckExact(obj) != 0 && ffi::PyUnicode_GetLength(obj) as usize > limit)
             || (ffi::PyBytes_CheckExact(obj) != 0 && ffi::PyBytes_Size(obj) as usize > limit)
-            || (cfg!(not(Py_GIL_DISABLED))
-                && (ffi::PyList_CheckExact(obj) != 0
-                    || ffi::PyTuple_CheckExact(obj) != 0
-                    || ffi::PyDict_CheckExact(obj) != 0))
+            || ffi::PyList_CheckExact(obj) != 0
+            || ffi::PyTuple_CheckExact(obj) != 0
+            || ffi::PyDict_CheckExact(obj) != 0
     }
 }
 
@@ -58,17 +59,14 @@ pub unsafe fn repr_into(
         if ffi::PyBytes_CheckExact(obj) != 0 && ffi::PyBytes_Size(obj) as usize > room {
             return bytes_prefix(obj, out, limit, keys);
         }
-        #[cfg(not(Py_GIL_DISABLED))]
-        {
-            if ffi::PyList_CheckExact(obj) != 0 {
-                return sequence(obj, out, limit, keys, b'[', b']', false);
-            }
-            if ffi::PyTuple_CheckExact(obj) != 0 {
-                return sequence(obj, out, limit, keys, b'(', b')', true);
-            }
-            if ffi::PyDict_CheckExact(obj) != 0 {
-                return dict(obj, out, limit, keys);
-            }
+        if ffi::PyList_CheckExact(obj) != 0 {
+            return list(obj, out, limit, keys);
+        }
+        if ffi::PyTuple_CheckExact(obj) != 0 {
+            return sequence(obj, obj, out, limit, keys, b'(', b')', true);
+        }
+        if ffi::PyDict_CheckExact(obj) != 0 {
+            return dict(obj, out, limit, keys);
         }
         append_repr(obj, out, limit, keys)
     }
@@ -212,7 +210,6 @@ unsafe fn bytes_prefix(
 
 /// Enters a container's repr like CPython does: recursion limit, and
 /// `Py_ReprEnter` for self-reference (`[...]`). `Ok(false)`: already inside.
-#[cfg(not(Py_GIL_DISABLED))]
 unsafe fn enter(obj: *mut ffi::PyObject) -> Result<bool, ()> {
     // SAFETY: attached; `obj` valid.
     unsafe {
@@ -233,7 +230,6 @@ unsafe fn enter(obj: *mut ffi::PyObject) -> Result<bool, ()> {
     }
 }
 
-#[cfg(not(Py_GIL_DISABLED))]
 unsafe fn leave(obj: *mut ffi::PyObject) {
     // SAFETY: pairs a successful `enter`.
     unsafe {
@@ -242,9 +238,40 @@ unsafe fn leave(obj: *mut ffi::PyObject) {
     }
 }
 
-#[cfg(not(Py_GIL_DISABLED))]
+/// A list: read in place on GIL builds; on free-threaded builds from a
+/// tuple snapshot of its items, taken under the list's lock.
+unsafe fn list(
+    obj: *mut ffi::PyObject,
+    out: &mut Vec<u8>,
+    limit: usize,
+    keys: &Keys,
+) -> Result<(), ()> {
+    // SAFETY: attached; `obj` is an exact list; the snapshot is ours and
+    // released after use.
+    unsafe {
+        #[cfg(Py_GIL_DISABLED)]
+        {
+            let snapshot = ffi::PyList_AsTuple(obj);
+            if snapshot.is_null() {
+                return Err(());
+            }
+            let res = sequence(obj, snapshot, out, limit, keys, b'[', b']', false);
+            ffi::Py_DECREF(snapshot);
+            res
+        }
+        #[cfg(not(Py_GIL_DISABLED))]
+        {
+            sequence(obj, obj, out, limit, keys, b'[', b']', false)
+        }
+    }
+}
+
+/// The repr of `obj` (for recursion checks), whose items are read from
+/// `items`: `obj` itself, or a tuple snapshot of a list.
+#[allow(clippy::too_many_arguments)]
 unsafe fn sequence(
     obj: *mut ffi::PyObject,
+    items: *mut ffi::PyObject,
     out: &mut Vec<u8>,
     limit: usize,
     keys: &Keys,
@@ -253,9 +280,11 @@ unsafe fn sequence(
     is_tuple: bool,
 ) -> Result<(), ()> {
     // SAFETY: attached; the container is re-measured on every step (a
-    // `__repr__` may change a list) and each item is held while in use.
+    // `__repr__` may change a list) and each item is held while in use. A
+    // tuple (or a snapshot) never changes.
     unsafe {
-        if ffi::Py_SIZE(obj) == 0 {
+        let from_list = ffi::PyList_CheckExact(items) != 0;
+        if ffi::Py_SIZE(items) == 0 {
             out.extend_from_slice(&[open, close]);
             return Ok(());
         }
@@ -266,14 +295,14 @@ unsafe fn sequence(
         out.push(open);
         let mut i: ffi::Py_ssize_t = 0;
         let mut res = Ok(());
-        while i < ffi::Py_SIZE(obj) && out.len() < limit {
+        while i < ffi::Py_SIZE(items) && out.len() < limit {
             if i > 0 {
                 out.extend_from_slice(b", ");
             }
-            let item = if is_tuple {
-                ffi::PyTuple_GetItem(obj, i)
+            let item = if from_list {
+                ffi::PyList_GetItem(items, i)
             } else {
-                ffi::PyList_GetItem(obj, i)
+                ffi::PyTuple_GetItem(items, i)
             };
             if item.is_null() {
                 res = Err(());
@@ -298,48 +327,119 @@ unsafe fn sequence(
     }
 }
 
-#[cfg(not(Py_GIL_DISABLED))]
+/// A dict's items in order: walked in place on GIL builds (`PyDict_Next`
+/// tolerates a dict changed meanwhile, as in CPython's own repr); on
+/// free-threaded builds read from `PyDict_Items`, a list of pairs taken
+/// under the dict's lock, which is ours alone.
+struct Items {
+    #[cfg(not(Py_GIL_DISABLED))]
+    dict: *mut ffi::PyObject,
+    #[cfg(not(Py_GIL_DISABLED))]
+    pos: ffi::Py_ssize_t,
+    #[cfg(Py_GIL_DISABLED)]
+    pairs: *mut ffi::PyObject,
+    #[cfg(Py_GIL_DISABLED)]
+    i: ffi::Py_ssize_t,
+}
+
+impl Items {
+    /// # Safety
+    /// Attached; `dict` is an exact dict that outlives the walk.
+    unsafe fn new(dict: *mut ffi::PyObject) -> Result<Self, ()> {
+        #[cfg(not(Py_GIL_DISABLED))]
+        return Ok(Items { dict, pos: 0 });
+        #[cfg(Py_GIL_DISABLED)]
+        {
+            // SAFETY: attached; a new list, released in `drop`.
+            let pairs = unsafe { ffi::PyDict_Items(dict) };
+            if pairs.is_null() {
+                return Err(());
+            }
+            Ok(Items { pairs, i: 0 })
+        }
+    }
+
+    /// The next key and value, borrowed from the dict (or the snapshot).
+    ///
+    /// # Safety
+    /// Attached.
+    unsafe fn next(&mut self) -> Result<Option<(*mut ffi::PyObject, *mut ffi::PyObject)>, ()> {
+        #[cfg(not(Py_GIL_DISABLED))]
+        {
+            let mut key = std::ptr::null_mut();
+            let mut value = std::ptr::null_mut();
+            // SAFETY: attached; `dict` is a dict (see `new`).
+            let more = unsafe { ffi::PyDict_Next(self.dict, &mut self.pos, &mut key, &mut value) };
+            Ok((more != 0).then_some((key, value)))
+        }
+        #[cfg(Py_GIL_DISABLED)]
+        // SAFETY: attached; `pairs` is our own list of 2-tuples.
+        unsafe {
+            if self.i >= ffi::PyList_Size(self.pairs) {
+                return Ok(None);
+            }
+            let pair = ffi::PyList_GetItem(self.pairs, self.i);
+            self.i += 1;
+            if pair.is_null() {
+                return Err(());
+            }
+            let (key, value) = (ffi::PyTuple_GetItem(pair, 0), ffi::PyTuple_GetItem(pair, 1));
+            if key.is_null() || value.is_null() {
+                return Err(());
+            }
+            Ok(Some((key, value)))
+        }
+    }
+}
+
+#[cfg(Py_GIL_DISABLED)]
+impl Drop for Items {
+    fn drop(&mut self) {
+        // SAFETY: our own reference, dropped while attached (inside a repr).
+        unsafe { ffi::Py_DECREF(self.pairs) };
+    }
+}
+
 unsafe fn dict(
     obj: *mut ffi::PyObject,
     out: &mut Vec<u8>,
     limit: usize,
     keys: &Keys,
 ) -> Result<(), ()> {
-    // SAFETY: attached; keys and values are held while their reprs run, and
-    // `PyDict_Next` tolerates a dict changed meanwhile, as in CPython's own.
+    // SAFETY: attached; `obj` is an exact dict; keys and values are held
+    // while their reprs run.
     unsafe {
-        if ffi::PyDict_Size(obj) == 0 {
+        let mut items = Items::new(obj)?;
+        let Some(mut pair) = items.next()? else {
             out.extend_from_slice(b"{}");
             return Ok(());
-        }
+        };
         if !enter(obj)? {
             out.extend_from_slice(b"{...}");
             return Ok(());
         }
         out.push(b'{');
-        let mut pos: ffi::Py_ssize_t = 0;
-        let mut key = std::ptr::null_mut();
-        let mut value = std::ptr::null_mut();
-        let mut first = true;
-        let mut res = Ok(());
-        while out.len() < limit && ffi::PyDict_Next(obj, &mut pos, &mut key, &mut value) != 0 {
-            if !first {
-                out.extend_from_slice(b", ");
-            }
-            first = false;
+        let res = loop {
+            let (key, value) = pair;
             ffi::Py_INCREF(key);
             ffi::Py_INCREF(value);
-            res = repr_into(key, out, limit, keys);
+            let mut res = repr_into(key, out, limit, keys);
             if res.is_ok() && out.len() < limit {
                 out.extend_from_slice(b": ");
                 res = repr_into(value, out, limit, keys);
             }
             ffi::Py_DECREF(key);
             ffi::Py_DECREF(value);
-            if res.is_err() {
-                break;
+            if res.is_err() || out.len() >= limit {
+                break res;
             }
-        }
+            match items.next() {
+                Ok(Some(p)) => pair = p,
+                Ok(None) => break Ok(()),
+                Err(()) => break Err(()),
+            }
+            out.extend_from_slice(b", ");
+        };
         if res.is_ok() && out.len() < limit {
             out.push(b'}');
         }

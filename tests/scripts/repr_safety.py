@@ -15,7 +15,6 @@ import gc
 import json
 import re
 import sys
-import sysconfig
 import threading
 
 COUNTS = collections.Counter()
@@ -249,14 +248,8 @@ def make_local():
     return Local()
 
 
-# Free-threaded builds format no list, tuple or dict themselves (see bounded.rs).
-CONTAINERS = not sysconfig.get_config_var("Py_GIL_DISABLED")
-
-
 def texts_of(v, safe):
     """`v`'s expected probe text; containers built of their items' texts."""
-    if safe and not CONTAINERS and type(v) in (list, tuple, dict):
-        return object.__repr__(v)
     if type(v) is list:
         return "[" + ", ".join(texts_of(x, safe) for x in v) + "]"
     if type(v) is tuple:
