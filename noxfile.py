@@ -5,6 +5,8 @@ Sessions:
   tests-3.14, tests-3.14t              only when `matrix/provision --list` reports them
   lint                                 cargo clippy -D warnings, cargo fmt --check, ruff
   bench                                python bench/run.py (3.12 venv, project installed)
+  wheels                               one manylinux2014 wheel per provisioned interpreter
+                                       (maturin --zig) into dist/wheels, each install-tested
 
 `nox` with no arguments runs the tests-* sessions of the provisioned versions plus lint.
 
@@ -123,6 +125,41 @@ def bench(session: nox.Session) -> None:
     session.run("python", "bench/run.py", *session.posargs)
 
 
+WHEEL_REQS = ("maturin>=1.7,<2", "ziglang")
+
+
+@nox.session(python=PY312 if PY312 else False, venv_backend="venv" if PY312 else "none")
+def wheels(session: nox.Session) -> None:
+    """Builds a wheel per provisioned interpreter and install-tests each one.
+
+    maturin links through zig against glibc 2.17 (`--compatibility manylinux2014`, which
+    maturin's own compliance check verifies), so the wheels install on any x86_64 Linux
+    with glibc >= 2.17. Each wheel is then installed into a fresh venv with no Rust
+    toolchain on PATH and traced with a real bpftrace (matrix/wheel_check.py).
+    """
+    _require(session, "3.12")
+    session.install(*WHEEL_REQS)
+    out = ROOT / "dist" / "wheels"
+    if out.exists():
+        for old in out.glob("*.whl"):
+            old.unlink()
+    # A target directory of their own: zig-linked objects never mix with the others.
+    env = {"CARGO_TARGET_DIR": str(ROOT / "target" / "wheels")}
+    for version in REQUIRED + OPTIONAL:
+        path = INTERPRETERS.get(version)
+        if path is None:
+            continue
+        before = set(out.glob("*.whl"))
+        session.run(
+            "maturin", "build", "--release", "--zig", "--compatibility", "manylinux2014",
+            "--interpreter", path, "--out", str(out), env=env,
+        )  # fmt: skip
+        built = sorted(set(out.glob("*.whl")) - before)
+        if len(built) != 1:
+            session.error(f"expected one new wheel for {version}, got {built}")
+        session.run("python", str(ROOT / "matrix" / "wheel_check.py"), path, str(built[0]))
+
+
 nox.options.sessions = [
     f"tests-{v}" for v in REQUIRED + OPTIONAL if v in INTERPRETERS or v in REQUIRED
-] + ["lint"]
+] + ["lint", "wheels"]

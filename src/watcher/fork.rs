@@ -147,10 +147,12 @@ pub fn after_python_fork_parent() {
     if !restart {
         return;
     }
-    // SAFETY: gettid/getpid have no preconditions; Py_AddPendingCall takes
-    // a plain C function and a null argument, from an attached thread.
+    // SAFETY: the gettid system call (not glibc's 2.30 wrapper, so wheels
+    // keep an older glibc baseline) and getpid have no preconditions;
+    // Py_AddPendingCall takes a plain C function and a null argument, from
+    // an attached thread.
     let deferred = unsafe {
-        libc::gettid() == libc::getpid()
+        libc::syscall(libc::SYS_gettid) == libc::getpid() as libc::c_long
             && !other_threads()
             && ffi::Py_AddPendingCall(Some(restart_pending), std::ptr::null_mut()) == 0
     };
