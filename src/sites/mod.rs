@@ -20,19 +20,38 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+#[cfg(target_arch = "x86_64")]
 pub mod fork_repair;
+
+/// On aarch64 the kernel never rewrites a site into a call to a trampoline
+/// (it places a `brk`, which a forked child handles by itself): a child's
+/// sites need no repair.
+#[cfg(target_arch = "aarch64")]
+pub mod fork_repair {
+    pub fn install() {}
+}
 
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
 #[cfg(target_arch = "x86_64")]
 use x86_64 as arch;
 
-#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
-compile_error!("pyusdt's probe sites are written for x86_64 Linux");
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
+#[cfg(target_arch = "aarch64")]
+use aarch64 as arch;
+
+#[cfg(not(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
+compile_error!("pyusdt's probe sites are written for x86_64 and aarch64 Linux");
 
 /// The probe sites, one function each; each is called from one callback,
 /// only while its probe is attached.
 pub use arch::fire;
+// Used by the fork repair, which aarch64 does not need, and the tests.
+#[cfg_attr(all(target_arch = "aarch64", not(test)), allow(unused_imports))]
 pub use arch::SITE_NOP;
 
 /// One probe of the provider. The discriminant is its bit in a probe mask.
@@ -89,6 +108,7 @@ pub fn sites_off() -> bool {
 }
 
 /// Switches every probe off for the rest of this process (async-signal-safe).
+#[cfg_attr(target_arch = "aarch64", allow(dead_code))]
 pub fn switch_off() {
     SITES_OFF.store(true, Ordering::Relaxed);
 }
