@@ -89,7 +89,22 @@ _PROBE_LIB_RE = re.compile(
 # The target runs `python -m pyusdt ARGS` through this file (see its docstring).
 _BOOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_trace_boot.py")
 
-_PROBES = ("PY_START", "PY_RESUME", "PY_RETURN", "PY_YIELD", "CALL", "LINE")
+# The probes, in bit order (as pyusdt.PROBES; this module does not import pyusdt).
+_PROBES = (
+    "PY_START",
+    "PY_RESUME",
+    "PY_RETURN",
+    "PY_YIELD",
+    "CALL",
+    "LINE",
+    "PY_UNWIND",
+    "PY_THROW",
+    "RAISE",
+    "RERAISE",
+    "EXCEPTION_HANDLED",
+    "C_RETURN",
+    "C_RAISE",
+)
 
 # bpftrace 0.17 sets RLIMIT_MEMLOCK to infinity, and says so on stderr when it may not.
 _MEMLOCK_ERROR = re.compile(r"^ERROR: .*couldn't set RLIMIT_MEMLOCK")

@@ -1,0 +1,108 @@
+"""Reference recorder for test_pairing.py / test_exceptions.py: runs a script as
+__main__ under a plain sys.monitoring tool (no pyusdt, no tracer) and writes, as JSON,
+one record per event raised by code of that script's file:
+[event, thread, co_name, co_firstlineno, offset, detail...], thread numbered in order of
+first event. detail: exception events: type name, message (by pyusdt's rule: README,
+probe reference); C_RETURN / C_RAISE: repr of the callable.
+
+usage: python record_pairs.py TOOL_ID OUT.json SCRIPT [ARGS...]
+"""
+
+import json
+import runpy
+import sys
+import threading
+
+tool = int(sys.argv[1])
+out_path = sys.argv[2]
+script = sys.argv[3]
+sys.argv = sys.argv[3:]
+
+mon = sys.monitoring
+ev = mon.events
+records = []
+threads = {}
+HEAPTYPE = 1 << 9
+
+
+def thread():
+    return threads.setdefault(threading.get_ident(), len(threads))
+
+
+def type_name(t):
+    if t.__flags__ & HEAPTYPE:
+        mod = t.__dict__.get("__module__")
+        if isinstance(mod, str) and mod != "builtins":
+            return f"{mod}.{t.__qualname__}"
+        return t.__name__
+    return t.__name__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
+def message(e):
+    t = type(e)
+    if t.__flags__ & HEAPTYPE or t.__str__ is not BaseException.__str__:
+        return ""
+    a = e.args
+    if type(a) is tuple and len(a) == 1 and type(a[0]) is str:
+        return a[0].encode()[:127].decode("utf-8", "ignore")
+    return ""
+
+
+def code_ev(name):
+    def cb(code, offset, *rest):
+        if code.co_filename == script:
+            records.append([name, thread(), code.co_name, code.co_firstlineno, offset])
+
+    return cb
+
+
+def exc_ev(name):
+    def cb(code, offset, exc):
+        if code.co_filename == script:
+            records.append(
+                [name, thread(), code.co_name, code.co_firstlineno, offset,
+                 type_name(type(exc)), message(exc)]
+            )
+
+    return cb
+
+
+def c_ev(name):
+    def cb(code, offset, callable_, arg0):
+        if code.co_filename == script:
+            records.append(
+                [name, thread(), code.co_name, code.co_firstlineno, offset, repr(callable_)]
+            )
+
+    return cb
+
+
+callbacks = {
+    "PY_START": code_ev("PY_START"),
+    "PY_RESUME": code_ev("PY_RESUME"),
+    "PY_RETURN": code_ev("PY_RETURN"),
+    "PY_YIELD": code_ev("PY_YIELD"),
+    "CALL": lambda *a: None,  # C_RETURN / C_RAISE come only where CALL is monitored
+    "PY_UNWIND": exc_ev("PY_UNWIND"),
+    "PY_THROW": exc_ev("PY_THROW"),
+    "RAISE": exc_ev("RAISE"),
+    "RERAISE": exc_ev("RERAISE"),
+    "EXCEPTION_HANDLED": exc_ev("EXCEPTION_HANDLED"),
+    "C_RETURN": c_ev("C_RETURN"),
+    "C_RAISE": c_ev("C_RAISE"),
+}
+
+mon.use_tool_id(tool, "reference-recorder")
+mask = 0
+for name, cb in callbacks.items():
+    mon.register_callback(tool, getattr(ev, name), cb)
+    if name not in ("C_RETURN", "C_RAISE"):
+        mask |= getattr(ev, name)
+mon.set_events(tool, mask)
+try:
+    runpy.run_path(script, run_name="__main__")
+finally:
+    mon.set_events(tool, 0)
+    mon.free_tool_id(tool)
+    with open(out_path, "w") as f:
+        json.dump(records, f)
