@@ -2,8 +2,9 @@
 __main__ under a plain sys.monitoring tool (no pyusdt, no tracer) and writes, as JSON,
 one record per event raised by code of that script's file:
 [event, thread, co_name, co_firstlineno, offset, detail...], thread numbered in order of
-first event. detail: exception events: type name, message (by pyusdt's rule: README,
-probe reference); C_RETURN / C_RAISE: repr of the callable.
+first event. detail: exception events: type name, message cut to 63 bytes (by pyusdt's rule: README,
+probe reference); C_RETURN / C_RAISE: repr of the callable; strings cut
+to 63 bytes, as bpftrace's str() reads them by default.
 
 usage: python record_pairs.py TOOL_ID OUT.json SCRIPT [ARGS...]
 """
@@ -38,13 +39,17 @@ def type_name(t):
     return t.__name__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
 
 
+def cut(s):
+    return s.encode()[:63].decode("utf-8", "ignore")
+
+
 def message(e):
     t = type(e)
     if t.__flags__ & HEAPTYPE or t.__str__ is not BaseException.__str__:
         return ""
     a = e.args
     if type(a) is tuple and len(a) == 1 and type(a[0]) is str:
-        return a[0].encode()[:127].decode("utf-8", "ignore")
+        return cut(a[0])
     return ""
 
 
@@ -71,7 +76,7 @@ def c_ev(name):
     def cb(code, offset, callable_, arg0):
         if code.co_filename == script:
             records.append(
-                [name, thread(), code.co_name, code.co_firstlineno, offset, repr(callable_)]
+                [name, thread(), code.co_name, code.co_firstlineno, offset, cut(repr(callable_))]
             )
 
     return cb
