@@ -7,9 +7,11 @@ probe reference); C_RETURN / C_RAISE: repr of the callable; strings cut
 to 63 bytes, as bpftrace's str() reads them by default.
 
 usage: python record_pairs.py TOOL_ID OUT.json SCRIPT [ARGS...]
+With PYUSDT_REF_FILE=PATH, the events of code of PATH are recorded instead.
 """
 
 import json
+import os
 import runpy
 import sys
 import threading
@@ -18,6 +20,9 @@ tool = int(sys.argv[1])
 out_path = sys.argv[2]
 script = sys.argv[3]
 sys.argv = sys.argv[3:]
+ref_file = os.environ.get("PYUSDT_REF_FILE", script)
+# As `python SCRIPT` would: the script's directory first on the path (not this one's).
+sys.path[0] = os.path.dirname(os.path.abspath(script))
 
 mon = sys.monitoring
 ev = mon.events
@@ -55,7 +60,7 @@ def message(e):
 
 def code_ev(name):
     def cb(code, offset, *rest):
-        if code.co_filename == script:
+        if code.co_filename == ref_file:
             records.append([name, thread(), code.co_name, code.co_firstlineno, offset])
 
     return cb
@@ -63,7 +68,7 @@ def code_ev(name):
 
 def exc_ev(name):
     def cb(code, offset, exc):
-        if code.co_filename == script:
+        if code.co_filename == ref_file:
             records.append(
                 [name, thread(), code.co_name, code.co_firstlineno, offset,
                  type_name(type(exc)), message(exc)]
@@ -74,7 +79,7 @@ def exc_ev(name):
 
 def c_ev(name):
     def cb(code, offset, callable_, arg0):
-        if code.co_filename == script:
+        if code.co_filename == ref_file:
             records.append(
                 [name, thread(), code.co_name, code.co_firstlineno, offset, cut(repr(callable_))]
             )
