@@ -37,7 +37,7 @@ REF_EVENTS = tuple(p for p in PROBES if p not in ("CALL", "LINE"))
 def counting_program(probes: tuple[str, ...]) -> str:
     """Counts every event by probe, thread (0 = main) and function: no filter in bpftrace."""
     return "\n".join(
-        f"usdt:PYUSDT:pyusdt:{p} {{ @n[\"{p}\", tid == pid ? 0 : 1, str(arg0)] = count(); }}"
+        f'usdt:PYUSDT:pyusdt:{p} {{ @n["{p}", tid == pid ? 0 : 1, str(arg0)] = count(); }}'
         for p in probes
     )
 
@@ -92,7 +92,13 @@ def test_filtered_trace_is_exactly_the_matching_code(bpftrace: str, tmp_path: Pa
     got = parse(t.output)
     assert got, t.output
     # CALL and LINE are not recorded by the reference: only their functions are checked.
-    assert {k[2] for k in got if k[0] in ("CALL", "LINE")} <= {"<module>", "step", "helper", "gen", "fail"}
+    assert {k[2] for k in got if k[0] in ("CALL", "LINE")} <= {
+        "<module>",
+        "step",
+        "helper",
+        "gen",
+        "fail",
+    }
     assert Counter({k: n for k, n in got.items() if k[0] in REF_EVENTS}) == want
     # Only hot's code: busy() and work() of the main script never reach the probes.
     assert not {k for k in got if k[2] in ("busy", "work")}
@@ -141,17 +147,17 @@ print("restarted", seen.get("cold"), seen.get("step"), flush=True)
 def test_other_tools_disabled_locations_kept(bpftrace: str, tmp_path: Path) -> None:
     """Tool 2 disables its PY_START everywhere; pyusdt (filter `hot.*`, PY_START attached)
     disables cold code for itself. Tool 2 sees `cold` once until it calls
-    restart_events(), then once more (and `step` likewise); pyusdt counts hot's `step` exactly throughout
-    (after restart_events() it is called again in cold code and disables it again)."""
+    restart_events(), then once more (and `step` likewise); pyusdt counts hot's code
+    exactly throughout (after restart_events() it is called again in cold code and
+    disables it again)."""
     shutil.copy(SCRIPTS / "hot.py", tmp_path / "hot.py")
     script = tmp_path / "other_tool.py"
     script.write_text(OTHER_TOOL)
     target = spawn(script, env=base_env(PYUSDT_FILTER="hot.*"))
     assert target.stdout is not None
     assert readline_raw(target.stdout) == "before 1\n"
-    bt = attach_bpftrace(
-        target.pid, 'usdt:PYUSDT:pyusdt:PY_START { @n[str(arg0)] = count(); }'
-    )
+    prog = "usdt:PYUSDT:pyusdt:PY_START { @n[str(arg0)] = count(); }"
+    bt = attach_bpftrace(target.pid, prog)
     go(target)
     out, err = finish(target)
     bt_out, _ = finish(bt)
@@ -160,3 +166,37 @@ def test_other_tools_disabled_locations_kept(bpftrace: str, tmp_path: Path) -> N
     assert out == "traced 1\nrestarted 2 2\n"
     n = {k: v for k, v in (ln.split(": ") for ln in bt_out.splitlines() if ln.startswith("@n["))}
     assert n == {"@n[step]": "200", "@n[helper]": "200"}, bt_out
+
+
+ONLY = """\
+import sys
+import pyusdt
+import hot
+
+print(pyusdt.status()["enabled"], sys.argv, flush=True)
+sys.stdin.readline()
+if not pyusdt.wait_for_tracer(60, ["PY_START"]):
+    sys.exit("not traced")
+for i in range(30):
+    hot.step(i)
+    len(str(i))
+"""
+
+
+def test_only_option(bpftrace: str, tmp_path: Path) -> None:
+    """`python -m pyusdt --only=GLOBS script args` traces as PYUSDT_FILTER=GLOBS would
+    (it re-executes itself once with it set), with the script's own argv."""
+    shutil.copy(SCRIPTS / "hot.py", tmp_path / "hot.py")
+    script = tmp_path / "only.py"
+    script.write_text(ONLY)
+    target = spawn(script, "a1", python_flags=("-m", "pyusdt", "--only=*/hot.py"), env=base_env())
+    assert target.stdout is not None
+    assert readline_raw(target.stdout) == f"[] ['{script}', 'a1']\n"
+    prog = "usdt:PYUSDT:pyusdt:PY_START { @n[str(arg0)] = count(); }"
+    bt = attach_bpftrace(target.pid, prog)
+    go(target)
+    out, err = finish(target)
+    bt_out, _ = finish(bt)
+    assert target.returncode == 0 and err == "" and out == "", err
+    n = {k: v for k, v in (ln.split(": ") for ln in bt_out.splitlines() if ln.startswith("@n["))}
+    assert n == {"@n[step]": "30", "@n[helper]": "30"}, bt_out

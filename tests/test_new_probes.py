@@ -44,7 +44,8 @@ def program(path: str, probes: tuple[str, ...]) -> str:
         extra = f", {args}" if args else ""
         parts.append(
             f"usdt:PYUSDT:pyusdt:{p} {pred} "
-            f'{{ printf("{p}\\t%d\\t%s\\t%d\\t%d{sep}{fmt}\\n", tid == pid ? 0 : 1, str(arg0), arg2, arg3{extra}); }}'
+            f'{{ printf("{p}\\t%d\\t%s\\t%d\\t%d{sep}{fmt}\\n", '
+            f"tid == pid ? 0 : 1, str(arg0), arg2, arg3{extra}); }}"
         )
     return "\n".join(parts)
 
@@ -107,9 +108,7 @@ def check(t, probes: tuple[str, ...], want: Counter) -> None:
     )
 
 
-def test_exception_and_c_probes_match_reference(
-    bpftrace: str, pairs: Path, tmp_path: Path
-) -> None:
+def test_exception_and_c_probes_match_reference(bpftrace: str, pairs: Path, tmp_path: Path) -> None:
     probes = EXC + CCALL
     want = reference(pairs, tmp_path, probes)
     # What the workload raises, as the probes name it.
@@ -127,7 +126,6 @@ def test_exception_and_c_probes_match_reference(
     # method `Suppress.__exit__` as object.__repr__ does (README), so compare in full mode.
     t = run(pairs, tmp_path, probes, env=base_env(PYUSDT_REPR="full"))
     check(t, probes, want)
-
 
 
 def test_c_return_alone(bpftrace: str, pairs: Path, tmp_path: Path) -> None:
@@ -166,10 +164,11 @@ def test_qualname_arguments(bpftrace: str, tmp_path: Path) -> None:
             "list(Outer().gen())\n"
         )
         pred = f'/str(arg1) == "{script}"/'
+        u = "usdt:PYUSDT:pyusdt"
         prog = (
-            f'usdt:PYUSDT:pyusdt:PY_START {pred} {{ printf("S %s %s\\n", str(arg0), str(arg5)); }}\n'
-            f'usdt:PYUSDT:pyusdt:PY_RESUME {pred} {{ printf("R %s %s\\n", str(arg0), str(arg5)); }}\n'
-            f'usdt:PYUSDT:pyusdt:LINE {pred} {{ printf("L %d %s\\n", arg2, str(arg4)); }}\n'
+            f'{u}:PY_START {pred} {{ printf("S %s %s\\n", str(arg0), str(arg5)); }}\n'
+            f'{u}:PY_RESUME {pred} {{ printf("R %s %s\\n", str(arg0), str(arg5)); }}\n'
+            f'{u}:LINE {pred} {{ printf("L %d %s\\n", arg2, str(arg4)); }}\n'
         )
         t = trace(prog, script, ["PY_START", "PY_RESUME", "LINE"], cwd=tmp_path)
         assert t.returncode == 0, t.stderr + t.bt_stderr

@@ -10,7 +10,7 @@ def helper(i):
 
 
 def gen(n):
-    for i in range(n):
+    for i in range(n):  # noqa: UP028 - a generator frame of its own
         yield i
 
 

@@ -70,8 +70,15 @@ def exc_ev(name):
     def cb(code, offset, exc):
         if code.co_filename == ref_file:
             records.append(
-                [name, thread(), code.co_name, code.co_firstlineno, offset,
-                 type_name(type(exc)), message(exc)]
+                [
+                    name,
+                    thread(),
+                    code.co_name,
+                    code.co_firstlineno,
+                    offset,
+                    type_name(type(exc)),
+                    message(exc),
+                ]
             )
 
     return cb
