@@ -7,6 +7,12 @@
 //! frame runs this code object; otherwise the module is unknown and only
 //! the qualname and file are matched). No Python code runs: the globals are
 //! read with a dict lookup of an exact str key.
+//!
+//! Immortal code objects (3.12+'s deep-frozen stdlib code, shared by every
+//! interpreter of the process) are never written: their `co_extra` would be
+//! shared by interpreters running in parallel. They are matched at each
+//! event instead, which the local events pay once per location (the
+//! decision is `DISABLE` or a fired probe either way).
 
 use std::ffi::{c_int, c_void};
 use std::ptr;
@@ -85,11 +91,18 @@ pub unsafe fn wanted(
             info.file_bytes(),
         );
         let v = if yes { TRACED } else { NOT_TRACED };
-        if PyUnstable_Code_SetExtra(code, index, v as *mut c_void) < 0 {
+        if !immortal(code) && PyUnstable_Code_SetExtra(code, index, v as *mut c_void) < 0 {
             ffi::PyErr_Clear();
         }
         yes
     }
+}
+
+/// Is `obj` immortal? Its reference count then reads as at least
+/// `u32::MAX` (3.12, 3.13, free-threaded too), which no mortal object reaches.
+unsafe fn immortal(obj: *mut ffi::PyObject) -> bool {
+    // SAFETY: reading the reference count of a valid object.
+    unsafe { ffi::Py_REFCNT(obj) as u64 >= u64::from(u32::MAX) }
 }
 
 /// `__name__` of the current frame's globals if that frame runs `code`.
