@@ -200,3 +200,30 @@ def test_only_option(bpftrace: str, tmp_path: Path) -> None:
     assert target.returncode == 0 and err == "" and out == "", err
     n = {k: v for k, v in (ln.split(": ") for ln in bt_out.splitlines() if ln.startswith("@n["))}
     assert n == {"@n[step]": "30", "@n[helper]": "30"}, bt_out
+
+
+def test_pyusdt_trace_only(bpftrace: str, tmp_path: Path) -> None:
+    """`pyusdt-trace --only GLOBS`: the program runs with PYUSDT_FILTER=GLOBS."""
+    shutil.copy(SCRIPTS / "hot.py", tmp_path / "hot.py")
+    script = tmp_path / "main.py"
+    script.write_text("import hot\nfor i in range(25):\n    hot.step(i)\n    len(str(i))\n")
+    exe = Path(sys.executable).parent / "pyusdt-trace"
+    proc = subprocess.run(
+        [
+            str(exe),
+            "--only",
+            "hot.step",
+            "-e",
+            "usdt:PYUSDT:pyusdt:PY_START { @n[str(arg0)] = count(); }",
+            "--",
+            str(script),
+        ],
+        capture_output=True,
+        text=True,
+        env=base_env(),
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    n = [ln for ln in proc.stdout.splitlines() if ln.startswith("@n[")]
+    assert n == ["@n[step]: 25"], proc.stdout
