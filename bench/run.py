@@ -429,7 +429,7 @@ class Bench:
             f"json, all 13 probes, PYUSDT_FILTER={FILTER_GLOBS} / plain",
             median(ratios),
             "filtered",
-            detail=f"plain {ms(median(plain))}; probe hits per round "
+            detail=f"plain {ms(median(plain))}; probe hits per workload run "
             + (f"{hits:,.0f}" if hits is not None else "?"),
             per_run=ratios,
         )
