@@ -23,9 +23,34 @@ WORKLOAD = str(HERE / "workload.py")
 LATENCY_TARGET = str(HERE / "latency_target.py")
 BPFTRACE = shutil.which("bpftrace")
 PROBES = ("PY_START", "PY_RESUME", "PY_RETURN", "PY_YIELD", "CALL", "LINE")
-# sys.monitoring.events bits of the probes' events (the same in 3.12 .. 3.14).
-EVENT_BIT = {"PY_START": 1, "PY_RESUME": 2, "PY_RETURN": 4, "PY_YIELD": 8, "CALL": 16, "LINE": 32}
-PROBE_SETS = {"start": ("PY_START",), "all": PROBES}
+# The probes added since (exception and C-call events), for the filter figure.
+MORE_PROBES = (
+    "PY_UNWIND",
+    "PY_THROW",
+    "RAISE",
+    "RERAISE",
+    "EXCEPTION_HANDLED",
+    "C_RETURN",
+    "C_RAISE",
+)
+# sys.monitoring.events bits of the probes' events (the same in 3.12 .. 3.14). C_RETURN
+# and C_RAISE cannot be set: pyusdt enables CALL for them (0: nothing to wait for).
+EVENT_BIT = {
+    "PY_START": 1,
+    "PY_RESUME": 2,
+    "PY_RETURN": 4,
+    "PY_YIELD": 8,
+    "CALL": 16,
+    "LINE": 32,
+    "RAISE": 1024,
+    "EXCEPTION_HANDLED": 2048,
+    "PY_UNWIND": 4096,
+    "PY_THROW": 8192,
+    "RERAISE": 16384,
+    "C_RETURN": 0,
+    "C_RAISE": 0,
+}
+PROBE_SETS = {"start": ("PY_START",), "all": PROBES, "every": PROBES + MORE_PROBES}
 # Processes per untraced sample (see `untraced`).
 UNTRACED_PROCS = 3
 
@@ -159,9 +184,17 @@ def count_program(lib: str, provider: str, probes: tuple[str, ...]) -> str:
     return " ".join(f"usdt:{lib}:{provider}:{p} {{ @{p} = count(); }}" for p in probes)
 
 
-def traced(py: Python, work: list[str], probe_set: str, timeout: float = 600) -> dict:
+def traced(
+    py: Python,
+    work: list[str],
+    probe_set: str,
+    timeout: float = 600,
+    env: dict[str, str] | None = None,
+    all_counted: bool = True,
+) -> dict:
     """`python -m pyusdt workload.py ...` with bpftrace counting the hits of
-    `probe_set`'s probes; the workload starts once their events are enabled."""
+    `probe_set`'s probes; the workload starts once their events are enabled. `env` is
+    added to the target's environment; `all_counted`: every probe must have hits."""
     probes = PROBE_SETS[probe_set]
     mask = sum(EVENT_BIT[p] for p in probes)
     cmd = [py.exe, "-m", "pyusdt", WORKLOAD, *work, "--wait-events", hex(mask)]
@@ -170,12 +203,12 @@ def traced(py: Python, work: list[str], probe_set: str, timeout: float = 600) ->
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=target_env(),
+        env={**target_env(), **(env or {})},
         cwd=target_cwd(),
     )
     out, err, bt_out = _attach(target, count_program(py.lib, "pyusdt", probes), timeout)
     counts = _counts(bt_out)
-    missing = [p for p in probes if p not in counts]
+    missing = [p for p in probes if p not in counts and all_counted]
     if missing:
         raise MeasureError(f"bpftrace printed no count for {missing}: {bt_out[-500:]}")
     times = _bench_times(out, err, " ".join(cmd))
@@ -186,6 +219,27 @@ def traced(py: Python, work: list[str], probe_set: str, timeout: float = 600) ->
         "hits": sum(counts.values()) / len(times),
         "counts": counts,
         "threads": thread_times(out),
+    }
+
+
+def filtered_pair(py: Python, work: list[str], globs: str, procs: int = UNTRACED_PROCS) -> dict:
+    """Plain `python workload.py ...` and the same traced with every probe attached but
+    PYUSDT_FILTER=`globs`, their processes alternating: {"plain": s, "filtered": s,
+    "hits": probe hits per repeat, ...}."""
+    plain: list[float] = []
+    filtered: list[float] = []
+    hits: list[float] = []
+    for _ in range(procs):
+        plain += untraced(py, work, False, procs=1)["times"]
+        t = traced(py, work, "every", env={"PYUSDT_FILTER": globs}, all_counted=False)
+        filtered += t["times"]
+        hits.append(t["hits"])
+    return {
+        "plain": min(plain),
+        "filtered": min(filtered),
+        "hits": min(hits),
+        "plain_times": plain,
+        "filtered_times": filtered,
     }
 
 

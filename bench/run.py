@@ -20,6 +20,9 @@ Figures (per Python version; 3.12, plus 3.13 when `matrix/provision --list` has 
                         PY_START seen by bpftrace, default 100 ms poll (p50, max)
   5 3.13t scaling       traced throughput of 2 threads / 1 thread (same work per thread)
   6 import RSS          VmRSS added by `import pyusdt`
+  7 filtered            json workload traced with all 13 probes attached but
+                        PYUSDT_FILTER=json.encoder.* (one small module) / plain untraced
+                        (`--filter-only`: measure just this figure)
 Needs root and bpftrace for 2-5 (they are skipped with a note otherwise). A benchmark,
 not a test: it never fails on a missed target; it exits non-zero only when it could
 not measure at all.
@@ -84,7 +87,10 @@ TARGETS = {
     "latency_max_ms": (100.0, "<="),
     "threads": (1.8, ">="),
     "rss_mib": (2.0, "<="),
+    "filtered": (1.05, "<="),
 }
+# Figure 7's filter: one small stdlib module the json workload goes through per round.
+FILTER_GLOBS = "json.encoder.*"
 
 
 def met(value: float | None, target_key: str) -> bool | None:
@@ -176,6 +182,13 @@ class Bench:
         for version, py in self.pythons.items():
             ours, orig = py["ours"], py["orig"]
             assert ours is not None
+            if not self.trace_problem and not version.endswith("t"):
+                w = ["json", str(large["json"]), "--repeat", str(self.size["large_repeat"])]
+                self.jobs[f"{version}/filtered/json"] = lambda o=ours, w=w: measure.filtered_pair(
+                    o, w, FILTER_GLOBS
+                )
+            if self.args.filter_only:
+                continue
             if version.endswith("t"):
                 if not self.trace_problem:
                     n = str(self.size["threads"])
@@ -229,7 +242,7 @@ class Bench:
             self.jobs[f"{version}/rss/ours"] = lambda o=ours: measure.rss_added(o, "pyusdt")
             if orig is not None:
                 self.jobs[f"{version}/rss/orig"] = lambda o=orig: measure.rss_added(o, "libpyusdt")
-        if self.sdt_binary and not self.trace_problem and self.jobs:
+        if self.sdt_binary and not self.trace_problem and self.jobs and not self.args.filter_only:
             n, k = self.size["sdt_n"], self.size["sdt_repeat"]
             for name, b in (("sdt", self.sdt_binary), ("sdt5", self.sdt5_binary)):
                 if b is None:
@@ -258,7 +271,7 @@ class Bench:
                     sample = None
                 self.samples[key].append(sample)
             progress(f"run {r + 1}/{self.runs} done in {time.monotonic() - t0:.0f} s", True)
-        if not self.trace_problem:
+        if not self.trace_problem and not self.args.filter_only:
             trials = self.size["latency_trials"]
             for version, py in self.pythons.items():
                 if version.endswith("t"):
@@ -338,6 +351,10 @@ class Bench:
         self.cost5 = self.uprobe_cost_ns("sdt5")
         self.cost5_median = median(self.cost5)
         for version, py in self.pythons.items():
+            if not version.endswith("t"):
+                self.compute_filtered(version)
+            if self.args.filter_only:
+                continue
             if version.endswith("t"):
                 self.compute_threads(version)
                 continue
@@ -398,6 +415,24 @@ class Bench:
                     f"max {fmt_ms(max(begin))}",
                     per_run=lat,
                 )
+
+    def compute_filtered(self, version: str) -> None:
+        key = f"{version}/filtered/json"
+        plain, filt = self.per_run(key, "plain"), self.per_run(key, "filtered")
+        if not any(plain):
+            return
+        ratios = [f / p if f and p else None for f, p in zip(filt, plain, strict=True)]
+        hits = median(self.per_run(key, "hits"))
+        self.figure(
+            "7 filtered",
+            version,
+            f"json, all 13 probes, PYUSDT_FILTER={FILTER_GLOBS} / plain",
+            median(ratios),
+            "filtered",
+            detail=f"plain {ms(median(plain))}; probe hits per workload run "
+            + (f"{hits:,.0f}" if hits is not None else "?"),
+            per_run=ratios,
+        )
 
     def compute_traced(self, version, work, ps, plain, cost, have_orig) -> None:
         label = "PY_START" if ps == "start" else "all 6"
@@ -552,6 +587,9 @@ def main() -> int:
         help="comma-separated, default 3.12,3.13,3.13t (those provisioned)",
     )
     ap.add_argument("--no-orig", action="store_true", help="skip the original pyusdt 0.1.1")
+    ap.add_argument(
+        "--filter-only", action="store_true", help="measure only figure 7 (PYUSDT_FILTER)"
+    )
     args = ap.parse_args()
     if args.runs is not None and args.runs < 1:
         ap.error("--runs must be >= 1")

@@ -26,7 +26,21 @@ from pyusdt.libpyusdt import __version__, attached_probes, status
 __all__ = ["PROBES", "__version__", "attached_probes", "lib_path", "status", "wait_for_tracer"]
 
 #: The probes of provider `pyusdt`, in order.
-PROBES = ("PY_START", "PY_RESUME", "PY_RETURN", "PY_YIELD", "CALL", "LINE")
+PROBES = (
+    "PY_START",
+    "PY_RESUME",
+    "PY_RETURN",
+    "PY_YIELD",
+    "CALL",
+    "LINE",
+    "PY_UNWIND",
+    "PY_THROW",
+    "RAISE",
+    "RERAISE",
+    "EXCEPTION_HANDLED",
+    "C_RETURN",
+    "C_RAISE",
+)
 # How long the attached set must stay unchanged before `wait_for_tracer`
 # without explicit probes considers the tracer fully attached.
 _SETTLE = 0.05

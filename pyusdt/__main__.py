@@ -26,8 +26,8 @@ import pyusdt
 _PROG = "python -m pyusdt"
 _DEFAULT_WAIT = 10.0
 _USAGE = (
-    f"usage: {_PROG} [--wait[=SECONDS] [--probes=NAMES]] [--help] [--version] [--lib]"
-    " (script.py | dir | app.zip | -m module | -c code | -) [args...]"
+    f"usage: {_PROG} [--wait[=SECONDS] [--probes=NAMES]] [--only=GLOBS] [--help] [--version]"
+    " [--lib] (script.py | dir | app.zip | -m module | -c code | -) [args...]"
 )
 _HELP = f"""{_USAGE}
 
@@ -47,12 +47,16 @@ options (must come before the target):
   --probes=NAMES    with --wait: wait until these probes (comma-separated, e.g.
                     PY_START,CALL) are all enabled, rather than until the tracer's set
                     of attached probes stops changing
+  --only=GLOBS      trace only code whose module, qualname, module.qualname or file
+                    matches one of these comma-separated globs (as PYUSDT_FILTER;
+                    python -m pyusdt re-executes itself once with it set)
   --lib             print the path of the library holding the probes (for usdt:PATH:...)
   --version         print the pyusdt version
   -h, --help        show this help
 
 environment:
   PYUSDT_CHECK_MSEC  longest time (ms) before an attached tracer is noticed (default 100)
+  PYUSDT_FILTER      globs of the code to trace (see --only); other code costs nothing
   PYUSDT_REPR_MAX    bound in bytes of value/callable reprs given to probes (default 256)
   PYUSDT_VERBOSE=1   log attach/detach and enable/disable decisions to stderr
 """
@@ -66,6 +70,19 @@ def _usage_error(message: str | None = None) -> None:
         sys.stderr.write(f"pyusdt: {message}\n")
     sys.stderr.write(f"{_USAGE}\nTry '{_PROG} --help' for more information.\n")
     sys.exit(2)
+
+
+def _only(globs: str) -> None:
+    """`--only=GLOBS`: the filter is read when the extension loads (it already has), so
+    re-execute this same command line once with PYUSDT_FILTER set."""
+    if not globs.strip(", "):
+        _usage_error(f"invalid --only value: {globs!r}")
+    if os.environ.get("PYUSDT_FILTER") == globs:
+        return
+    os.environ["PYUSDT_FILTER"] = globs
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
 def _parse(argv: list[str]) -> tuple[float | None, list[str] | None, str, str, list[str]]:
@@ -93,6 +110,8 @@ def _parse(argv: list[str]) -> tuple[float | None, list[str] | None, str, str, l
                 wait = -1.0
             if not wait >= 0 or wait == float("inf"):
                 _usage_error(f"invalid --wait value: {arg[len('--wait=') :]!r}")
+        elif arg.startswith("--only="):
+            _only(arg[len("--only=") :])
         elif arg.startswith("--probes="):
             probes = [p.strip().upper() for p in arg[len("--probes=") :].split(",") if p.strip()]
             unknown = sorted(set(probes) - set(pyusdt.PROBES))

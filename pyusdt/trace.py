@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 PROG = "pyusdt-trace"
 DEFAULT_WAIT = 10.0
 USAGE = (
-    f"usage: {PROG} [--bpftrace PATH] [--wait SECS] [--as-root] (SCRIPT.bt | -e PROGRAM)"
-    " [--] (script.py | -m module | -c code) [args...]\n"
+    f"usage: {PROG} [--bpftrace PATH] [--wait SECS] [--as-root] [--only GLOBS]"
+    " (SCRIPT.bt | -e PROGRAM) [--] (script.py | -m module | -c code) [args...]\n"
     f"       {PROG} [--bpftrace PATH] -p PID (SCRIPT.bt | -e PROGRAM)\n"
     f"       {PROG} --ps"
 )
@@ -55,7 +55,8 @@ In the bpftrace program, the probe library may be named as `usdt:PYUSDT:pyusdt:P
 `usdt:./libpyusdt.so:pyusdt:PROBE` (any path ending in libpyusdt*.so) or
 `usdt:*:pyusdt:PROBE`; each is replaced by /proc/PID/root/ + the path of the library the
 target loaded, which attaches every probe once. Probes: PY_START, PY_RESUME, PY_RETURN,
-PY_YIELD, CALL, LINE (see the README).
+PY_YIELD, CALL, LINE, PY_UNWIND, PY_THROW, RAISE, RERAISE, EXCEPTION_HANDLED, C_RETURN,
+C_RAISE (see the README).
 
 options:
   -e PROGRAM        the bpftrace program text (instead of SCRIPT.bt)
@@ -64,6 +65,9 @@ options:
   --bpftrace PATH   the bpftrace binary (default: bpftrace on PATH)
   --wait SECS       how long the target waits for bpftrace to attach before running
                     untraced (default {DEFAULT_WAIT:g})
+  --only GLOBS      trace only code whose module, qualname, module.qualname or file
+                    matches one of these comma-separated globs (PYUSDT_FILTER for the
+                    program; other code returns DISABLE and costs nothing)
   --as-root         under sudo, run the program as root too; by default it runs as the
                     user who ran sudo (SUDO_UID/SUDO_GID, their groups, HOME, USER)
   -h, --help        show this help
@@ -89,7 +93,22 @@ _PROBE_LIB_RE = re.compile(
 # The target runs `python -m pyusdt ARGS` through this file (see its docstring).
 _BOOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_trace_boot.py")
 
-_PROBES = ("PY_START", "PY_RESUME", "PY_RETURN", "PY_YIELD", "CALL", "LINE")
+# The probes, in bit order (as pyusdt.PROBES; this module does not import pyusdt).
+_PROBES = (
+    "PY_START",
+    "PY_RESUME",
+    "PY_RETURN",
+    "PY_YIELD",
+    "CALL",
+    "LINE",
+    "PY_UNWIND",
+    "PY_THROW",
+    "RAISE",
+    "RERAISE",
+    "EXCEPTION_HANDLED",
+    "C_RETURN",
+    "C_RAISE",
+)
 
 # bpftrace 0.17 sets RLIMIT_MEMLOCK to infinity, and says so on stderr when it may not.
 _MEMLOCK_ERROR = re.compile(r"^ERROR: .*couldn't set RLIMIT_MEMLOCK")
@@ -142,6 +161,7 @@ class Options:
     pid: int | None = None
     ps: bool = False
     as_root: bool = False
+    only: str | None = None
     python_args: list[str] = field(default_factory=list)
 
 
@@ -161,7 +181,7 @@ def parse_args(argv: list[str]) -> Options:
                 opts.ps = True
             else:
                 opts.as_root = True
-        elif name in ("--bpftrace", "--wait") or arg in ("-e", "-p"):
+        elif name in ("--bpftrace", "--wait", "--only") or arg in ("-e", "-p"):
             if not eq or arg in ("-e", "-p"):
                 if i + 1 >= len(argv):
                     raise UsageError(f"{arg} needs a value")
@@ -176,6 +196,10 @@ def parse_args(argv: list[str]) -> Options:
                 opts.pid = int(value)
             elif name == "--bpftrace":
                 opts.bpftrace = value
+            elif name == "--only":
+                if not value.strip(", "):
+                    raise UsageError(f"invalid --only value: {value!r}")
+                opts.only = value
             else:
                 try:
                     opts.wait = float(value)
@@ -201,7 +225,7 @@ def parse_args(argv: list[str]) -> Options:
     if opts.program is None and opts.script is None:
         raise UsageError("a bpftrace script or -e PROGRAM is required")
     if opts.pid is not None:
-        for option in ("--wait", "--as-root"):
+        for option in ("--wait", "--as-root", "--only"):
             if option in given:
                 raise UsageError(f"{option} is for starting a program, not for -p PID")
         if opts.python_args:
@@ -657,6 +681,9 @@ def run(opts: Options, bpftrace: str, program: str) -> None:
     # Which probes to wait for can be known before the library's path is.
     probes = probes_used(rewrite_program(program, "/libpyusdt.so"))
     options = [f"--wait={opts.wait:g}"] + ([f"--probes={','.join(probes)}"] if probes else [])
+    if opts.only is not None:
+        # Read when the target loads pyusdt (not `--only`, which re-executes it).
+        os.environ["PYUSDT_FILTER"] = opts.only
     child = _spawn_target(invoking_user(opts.as_root), [*options, *opts.python_args])
     tmpdir = None
     try:

@@ -1,6 +1,6 @@
 //! Process-wide configuration from the environment (`PYUSDT_CHECK_MSEC`,
-//! `PYUSDT_REPR_MAX`, `PYUSDT_REPR`, `PYUSDT_VERBOSE`) and the verbose log,
-//! written straight to fd 2.
+//! `PYUSDT_REPR_MAX`, `PYUSDT_REPR`, `PYUSDT_FILTER`, `PYUSDT_VERBOSE`), the
+//! filter's glob matching, and the verbose log, written straight to fd 2.
 
 use std::sync::OnceLock;
 
@@ -27,7 +27,68 @@ pub struct Config {
     pub check_msec: u64,
     pub repr_max: usize,
     pub repr_mode: ReprMode,
+    /// `PYUSDT_FILTER`: only code that matches is traced; `None`: all code.
+    pub filter: Option<Filter>,
     pub verbose: bool,
+}
+
+/// `PYUSDT_FILTER`: comma-separated globs (`*` any run of characters, `?`
+/// one character, both across `.` and `/`). A code object is traced when
+/// some glob matches its module (`__name__` of its globals), its
+/// `co_qualname`, `module.qualname`, or its `co_filename`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Filter {
+    globs: Vec<Vec<u8>>,
+}
+
+impl Filter {
+    /// The filter of a `PYUSDT_FILTER` value; `None` if it has no glob.
+    pub fn parse(raw: &str) -> Option<Filter> {
+        let globs: Vec<Vec<u8>> = raw
+            .split(',')
+            .map(str::trim)
+            .filter(|g| !g.is_empty())
+            .map(|g| g.as_bytes().to_vec())
+            .collect();
+        (!globs.is_empty()).then_some(Filter { globs })
+    }
+
+    /// Is code of `module` (empty if unknown), `qualname` and `file` traced?
+    pub fn matches(&self, module: &[u8], qualname: &[u8], file: &[u8]) -> bool {
+        let mut dotted = Vec::with_capacity(module.len() + 1 + qualname.len());
+        if !module.is_empty() {
+            dotted.extend_from_slice(module);
+            dotted.push(b'.');
+            dotted.extend_from_slice(qualname);
+        }
+        self.globs.iter().any(|g| {
+            (!module.is_empty() && (glob(g, module) || glob(g, &dotted)))
+                || glob(g, qualname)
+                || glob(g, file)
+        })
+    }
+}
+
+/// Does `pat` (`*`, `?`, other bytes literal) match all of `text`?
+fn glob(pat: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut back: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pat.len() && (pat[p] == b'?' || pat[p] == text[t]) {
+            p += 1;
+            t += 1;
+        } else if p < pat.len() && pat[p] == b'*' {
+            back = Some((p, t));
+            p += 1;
+        } else if let Some((bp, bt)) = back {
+            p = bp + 1;
+            t = bt + 1;
+            back = Some((bp, bt + 1));
+        } else {
+            return false;
+        }
+    }
+    pat[p..].iter().all(|&c| c == b'*')
 }
 
 static CONFIG: OnceLock<Config> = OnceLock::new();
@@ -56,10 +117,14 @@ pub fn get() -> &'static Config {
             verbose,
         ) as usize;
         let repr_mode = repr_mode(verbose);
+        let filter = std::env::var("PYUSDT_FILTER")
+            .ok()
+            .and_then(|v| Filter::parse(&v));
         Config {
             check_msec,
             repr_max,
             repr_mode,
+            filter,
             verbose,
         }
     })
@@ -124,5 +189,33 @@ fn write_stderr(s: &str) {
             return;
         }
         bytes = &bytes[n as usize..];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob(b"*", b""));
+        assert!(glob(b"a*c", b"abbbc"));
+        assert!(glob(b"a?c", b"abc"));
+        assert!(!glob(b"a?c", b"ac"));
+        assert!(glob(b"*/app.py", b"/srv/x/app.py"));
+        assert!(!glob(b"*/app.py", b"/srv/x/app.pyc"));
+        assert!(glob(b"*a*b", b"xaxxab"));
+    }
+
+    #[test]
+    fn filter_matches_module_qualname_and_file() {
+        assert_eq!(Filter::parse(" , "), None);
+        let f = Filter::parse("mypkg.*, Handler.get ,*/hot.py").unwrap();
+        assert!(f.matches(b"mypkg.views", b"index", b"/x/views.py"));
+        assert!(f.matches(b"mypkg", b"main", b"/x/__init__.py"));
+        assert!(f.matches(b"other", b"Handler.get", b"/x/o.py"));
+        assert!(f.matches(b"", b"f", b"/srv/hot.py"));
+        assert!(!f.matches(b"other", b"Handler.post", b"/x/o.py"));
+        assert!(!f.matches(b"", b"mypkg", b"/x/o.py"));
     }
 }

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from conftest import LIB, attach_bpftrace, base_env, finish, go, need_bpftrace, readline_raw, spawn
 
+import pyusdt
+
 sys.path.insert(0, str(Path(__file__).parent / "scripts"))
 import rel_uprobe  # noqa: E402
 
@@ -79,8 +81,10 @@ def test_attach_detach_cycles_under_load(tmp_path):
     try:
         tids = [int(readline_raw(target.stdout).split()[1]) for _ in range(4)]
         offsets = rel_uprobe.probe_offsets(LIB)
-        names = sorted(offsets)
-        assert names == sorted(["PY_START", "PY_RESUME", "PY_RETURN", "PY_YIELD", "CALL", "LINE"])
+        # The probes the busy threads fire all the time (the exception and C-call probes
+        # are tested in test_new_probes.py).
+        names = sorted(["PY_START", "PY_RESUME", "PY_RETURN", "PY_YIELD", "CALL", "LINE"])
+        assert set(names) <= set(offsets) and len(offsets) == len(pyusdt.PROBES), offsets
 
         def expect(prefix: str) -> None:
             line = readline_raw(target.stderr)

@@ -51,7 +51,7 @@ static mut METHODS: [ffi::PyMethodDef; 3] = [
 
 /// Functions that are not module attributes: the monitoring callbacks and
 /// the atexit / fork hooks, bound to the module object.
-static mut CALLBACK_DEFS: [ffi::PyMethodDef; 6] = {
+static mut CALLBACK_DEFS: [ffi::PyMethodDef; Probe::COUNT] = {
     const fn cb(name: &'static CStr, f: ffi::PyCFunctionFast) -> ffi::PyMethodDef {
         ffi::PyMethodDef {
             ml_name: name.as_ptr(),
@@ -68,6 +68,13 @@ static mut CALLBACK_DEFS: [ffi::PyMethodDef; 6] = {
         cb(c"pyusdt_PY_YIELD", f[3]),
         cb(c"pyusdt_CALL", f[4]),
         cb(c"pyusdt_LINE", f[5]),
+        cb(c"pyusdt_PY_UNWIND", f[6]),
+        cb(c"pyusdt_PY_THROW", f[7]),
+        cb(c"pyusdt_RAISE", f[8]),
+        cb(c"pyusdt_RERAISE", f[9]),
+        cb(c"pyusdt_EXCEPTION_HANDLED", f[10]),
+        cb(c"pyusdt_C_RETURN", f[11]),
+        cb(c"pyusdt_C_RAISE", f[12]),
     ]
 };
 
@@ -151,6 +158,7 @@ unsafe fn fill(st: &mut State, module: *mut ffi::PyObject) -> Result<(), ()> {
         ))?;
         st.keys.init()?;
         st.own_prefix = own_prefix(module);
+        st.filter_index = super::filter::request_index(config::get().filter.as_ref());
         let events = check(ffi::PyObject_GetAttrString(
             st.monitoring,
             c"events".as_ptr(),

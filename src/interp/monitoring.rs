@@ -2,6 +2,11 @@
 //! free tool id, register the callbacks of the attached probes, enable just
 //! their events; on detach disable, unregister and free the id again, so no
 //! id is held while nobody traces (cProfile, coverage and debuggers need them).
+//!
+//! C_RETURN and C_RAISE cannot be enabled themselves (`set_events` refuses
+//! them): CPython delivers them at the calls where CALL is monitored. So
+//! while either probe is attached, CALL's event is enabled and its callback
+//! registered too (it fires the CALL probe only if that is attached).
 
 use std::ffi::CStr;
 use std::sync::atomic::Ordering;
@@ -132,6 +137,19 @@ pub unsafe fn apply(st: &State, mask: u32) -> u32 {
     }
 }
 
+/// The probes whose callbacks must be registered for the probes of `mask`:
+/// C_RETURN and C_RAISE need CALL's.
+fn with_implied(mask: u32) -> u32 {
+    let needs_call = Probe::ALL
+        .iter()
+        .any(|p| p.needs_call() && mask & p.bit() != 0);
+    if needs_call {
+        mask | Probe::Call.bit()
+    } else {
+        mask
+    }
+}
+
 /// `register_callback(tool, event of p, f)`; false (logged) if it failed.
 unsafe fn register(st: &State, tool: &Owned, p: Probe, f: *mut ffi::PyObject) -> bool {
     // SAFETY: attached (see `apply`); the objects are valid.
@@ -148,7 +166,7 @@ unsafe fn register(st: &State, tool: &Owned, p: Probe, f: *mut ffi::PyObject) ->
 unsafe fn set_events(st: &State, tool: &Owned, mask: u32) -> bool {
     let events: i64 = Probe::ALL
         .iter()
-        .filter(|p| mask & p.bit() != 0)
+        .filter(|p| with_implied(mask) & p.bit() != 0 && !p.needs_call())
         .map(|p| st.event_bits[*p as usize])
         .sum();
     // SAFETY: attached (see `apply`).
@@ -201,16 +219,24 @@ unsafe fn apply_inner(st: &State, current: u32, mask: u32) -> u32 {
         let tool_obj = long(tool as i64);
         // Register before enabling, so no event fires without its callback;
         // a probe whose callback could not be registered stays off.
+        // Callbacks are registered per probe; CALL's also for C_RETURN and
+        // C_RAISE (`with_implied`), which cannot be on without it.
+        let have = with_implied(current);
         let mut added = 0;
         for p in Probe::ALL {
-            if mask & p.bit() != 0
-                && current & p.bit() == 0
+            if with_implied(mask) & p.bit() != 0
+                && have & p.bit() == 0
                 && register(st, &tool_obj, p, st.callback(p))
             {
                 added |= p.bit();
             }
         }
-        let target = (mask & current) | added;
+        // A probe is on when its callback is registered.
+        let mut target = mask & (have | added);
+        if (have | added) & Probe::Call.bit() == 0 {
+            // CALL's callback is missing: C_RETURN and C_RAISE stay off.
+            target &= !(Probe::CReturn.bit() | Probe::CRaise.bit());
+        }
         if target != current && !set_events(st, &tool_obj, target) {
             // Nothing changed: take back the callbacks just registered.
             for p in Probe::ALL {
@@ -224,7 +250,8 @@ unsafe fn apply_inner(st: &State, current: u32, mask: u32) -> u32 {
             return current;
         }
         for p in Probe::ALL {
-            if target & p.bit() == 0 && current & p.bit() != 0 {
+            let now = with_implied(target) & p.bit() != 0;
+            if !now && (have | added) & p.bit() != 0 {
                 register(st, &tool_obj, p, ffi::Py_None());
             }
         }

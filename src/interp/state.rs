@@ -9,7 +9,11 @@ use std::sync::OnceLock;
 
 use pyo3::ffi;
 
+use super::filter;
+use crate::config;
 use crate::sites::Probe;
+use crate::values::code_info::CodeInfo;
+use crate::values::exception;
 use crate::values::fast_repr::Keys;
 use crate::values::repr::PerThread;
 use crate::watcher::Registration;
@@ -30,9 +34,9 @@ pub struct State {
     pub own_prefix: Vec<u8>,
     /// Owned callbacks, indexed like `Probe::ALL` (nulled by `m_clear` once
     /// nobody can toggle this interpreter any more).
-    pub callbacks: [AtomicPtr<ffi::PyObject>; 6],
+    pub callbacks: [AtomicPtr<ffi::PyObject>; Probe::COUNT],
     /// `sys.monitoring.events` value for each probe, indexed like `Probe::ALL`.
-    pub event_bits: [i64; 6],
+    pub event_bits: [i64; Probe::COUNT],
     /// Tool id held, or `NO_TOOL`. Written only by the party that toggles
     /// this interpreter (the watcher while registered, then `atexit`).
     pub tool_id: AtomicI32,
@@ -41,6 +45,11 @@ pub struct State {
     /// "No free tool id" was logged already (log it once per shortage).
     pub told_no_tool: AtomicBool,
     pub scratch: PerThread,
+    /// Per-thread buffers for the exception probes' type names and messages.
+    pub exc_buffers: exception::PerThread,
+    /// This interpreter's `co_extra` index for `PYUSDT_FILTER`'s decisions,
+    /// or `filter::NO_INDEX` (no filter: everything is traced).
+    pub filter_index: ffi::Py_ssize_t,
     /// Owned interned names for the fast reprs.
     pub keys: Keys,
     /// This interpreter's watcher registration; unset for a second copy of
@@ -63,11 +72,13 @@ impl State {
             disable: std::ptr::null_mut(),
             own_prefix: Vec::new(),
             callbacks: Default::default(),
-            event_bits: [0; 6],
+            event_bits: [0; Probe::COUNT],
             tool_id: NO_TOOL.into(),
             enabled: 0.into(),
             told_no_tool: false.into(),
             scratch: PerThread::new(),
+            exc_buffers: exception::PerThread::new(),
+            filter_index: filter::NO_INDEX,
             keys: Keys::empty(),
             registration: OnceLock::new(),
         }
@@ -81,6 +92,22 @@ impl State {
     #[inline(always)]
     pub fn is_own(&self, file: &[u8]) -> bool {
         !self.own_prefix.is_empty() && file.starts_with(&self.own_prefix)
+    }
+
+    /// Is this code traced under `PYUSDT_FILTER` (always, without one)?
+    ///
+    /// # Safety
+    /// Attached, during an event for `code`, whose fields are `info`.
+    #[inline(always)]
+    pub unsafe fn wanted(&self, code: *mut ffi::PyObject, info: &CodeInfo) -> bool {
+        if self.filter_index == filter::NO_INDEX {
+            return true;
+        }
+        match &config::get().filter {
+            // SAFETY: per the contract; the index is this interpreter's.
+            Some(f) => unsafe { filter::wanted(f, self.filter_index, code, info) },
+            None => true,
+        }
     }
 
     pub fn tool(&self) -> Option<i32> {

@@ -9,11 +9,19 @@
 //! interpreter id as the last argument:
 //!
 //! ```text
-//! PY_START, PY_RESUME  (uintptr_t name, uintptr_t file, int32_t line, int64_t offset, int64_t interp)
+//! PY_START, PY_RESUME  (uintptr_t name, uintptr_t file, int32_t line, int64_t offset, int64_t interp, uintptr_t qualname)
 //! PY_RETURN, PY_YIELD  (uintptr_t name, uintptr_t file, int32_t line, int64_t offset, uintptr_t repr, int64_t interp)
 //! CALL                 (uintptr_t name, uintptr_t file, int32_t line, int64_t offset, uintptr_t repr, int64_t interp)
-//! LINE                 (uintptr_t name, uintptr_t file, int32_t line, int64_t interp)
+//! LINE                 (uintptr_t name, uintptr_t file, int32_t line, int64_t interp, uintptr_t qualname)
+//! C_RETURN, C_RAISE    (uintptr_t name, uintptr_t file, int32_t line, int64_t offset, uintptr_t repr, int64_t interp)
+//! PY_UNWIND, PY_THROW, RAISE, RERAISE, EXCEPTION_HANDLED
+//!                      (uintptr_t name, uintptr_t file, int32_t line, int64_t offset, uintptr_t type, uintptr_t message)
 //! ```
+//!
+//! No probe has more than six arguments: bpftrace 0.17 reads none past
+//! `arg5`. `qualname` is appended where a probe had fewer than six (after
+//! the original's last argument, so its positions are unchanged); the
+//! exception probes carry type and message instead of the interpreter id.
 //!
 //! Strings are `uintptr_t` pointers to NUL-terminated UTF-8 that already
 //! exists, which bpftrace reads with `str()`.
@@ -63,16 +71,33 @@ pub enum Probe {
     PyYield = 3,
     Call = 4,
     Line = 5,
+    PyUnwind = 6,
+    PyThrow = 7,
+    Raise = 8,
+    Reraise = 9,
+    ExceptionHandled = 10,
+    CReturn = 11,
+    CRaise = 12,
 }
 
 impl Probe {
-    pub const ALL: [Probe; 6] = [
+    /// How many probes there are.
+    pub const COUNT: usize = 13;
+
+    pub const ALL: [Probe; Probe::COUNT] = [
         Probe::PyStart,
         Probe::PyResume,
         Probe::PyReturn,
         Probe::PyYield,
         Probe::Call,
         Probe::Line,
+        Probe::PyUnwind,
+        Probe::PyThrow,
+        Probe::Raise,
+        Probe::Reraise,
+        Probe::ExceptionHandled,
+        Probe::CReturn,
+        Probe::CRaise,
     ];
 
     /// The probe's name, which is also the name of its `sys.monitoring` event.
@@ -84,7 +109,27 @@ impl Probe {
             Probe::PyYield => "PY_YIELD",
             Probe::Call => "CALL",
             Probe::Line => "LINE",
+            Probe::PyUnwind => "PY_UNWIND",
+            Probe::PyThrow => "PY_THROW",
+            Probe::Raise => "RAISE",
+            Probe::Reraise => "RERAISE",
+            Probe::ExceptionHandled => "EXCEPTION_HANDLED",
+            Probe::CReturn => "C_RETURN",
+            Probe::CRaise => "C_RAISE",
         }
+    }
+
+    /// Can CPython disable this probe's event at one location (a "local"
+    /// event)? A callback of any other event must never return `DISABLE`
+    /// (CPython raises `ValueError` and removes the callback).
+    pub const fn local(self) -> bool {
+        (self as u32) <= Probe::Line as u32
+    }
+
+    /// C_RETURN and C_RAISE: CPython delivers them only at `CALL`s that are
+    /// monitored (`set_events` refuses them), so enabling them enables `CALL`.
+    pub const fn needs_call(self) -> bool {
+        matches!(self, Probe::CReturn | Probe::CRaise)
     }
 
     pub const fn bit(self) -> u32 {
@@ -141,6 +186,8 @@ mod tests {
         }
         assert_eq!(names(0b100101), ["PY_START", "PY_RETURN", "LINE"]);
         assert!(names(0).is_empty());
+        assert_eq!(Probe::ALL.len(), Probe::COUNT);
+        assert_eq!(names(1 << 12), ["C_RAISE"]);
     }
 
     #[test]

@@ -89,18 +89,35 @@ macro_rules! site_fn {
 
 /// The probe sites, one function each.
 pub mod fire {
-    site_fn!(py_start, "PY_START", "8@%rdi 8@%rsi -4@%edx -8@%rcx -8@%r8",
-        (name: usize, file: usize, line: i32, offset: i64, interp: i64));
-    site_fn!(py_resume, "PY_RESUME", "8@%rdi 8@%rsi -4@%edx -8@%rcx -8@%r8",
-        (name: usize, file: usize, line: i32, offset: i64, interp: i64));
+    // At most six arguments, all in registers: bpftrace 0.17 reads no USDT
+    // argument past arg5 ("x86_64 doesn't support arg6").
+
+    site_fn!(py_start, "PY_START", "8@%rdi 8@%rsi -4@%edx -8@%rcx -8@%r8 8@%r9",
+        (name: usize, file: usize, line: i32, offset: i64, interp: i64, qualname: usize));
+    site_fn!(py_resume, "PY_RESUME", "8@%rdi 8@%rsi -4@%edx -8@%rcx -8@%r8 8@%r9",
+        (name: usize, file: usize, line: i32, offset: i64, interp: i64, qualname: usize));
     site_fn!(py_return, "PY_RETURN", "8@%rdi 8@%rsi -4@%edx -8@%rcx 8@%r8 -8@%r9",
         (name: usize, file: usize, line: i32, offset: i64, repr: usize, interp: i64));
     site_fn!(py_yield, "PY_YIELD", "8@%rdi 8@%rsi -4@%edx -8@%rcx 8@%r8 -8@%r9",
         (name: usize, file: usize, line: i32, offset: i64, repr: usize, interp: i64));
     site_fn!(call, "CALL", "8@%rdi 8@%rsi -4@%edx -8@%rcx 8@%r8 -8@%r9",
         (name: usize, file: usize, line: i32, offset: i64, repr: usize, interp: i64));
-    site_fn!(line, "LINE", "8@%rdi 8@%rsi -4@%edx -8@%rcx",
-        (name: usize, file: usize, line: i32, interp: i64));
+    site_fn!(line, "LINE", "8@%rdi 8@%rsi -4@%edx -8@%rcx 8@%r8",
+        (name: usize, file: usize, line: i32, interp: i64, qualname: usize));
+    site_fn!(py_unwind, "PY_UNWIND", "8@%rdi 8@%rsi -4@%edx -8@%rcx 8@%r8 8@%r9",
+        (name: usize, file: usize, line: i32, offset: i64, ty: usize, msg: usize));
+    site_fn!(py_throw, "PY_THROW", "8@%rdi 8@%rsi -4@%edx -8@%rcx 8@%r8 8@%r9",
+        (name: usize, file: usize, line: i32, offset: i64, ty: usize, msg: usize));
+    site_fn!(raise, "RAISE", "8@%rdi 8@%rsi -4@%edx -8@%rcx 8@%r8 8@%r9",
+        (name: usize, file: usize, line: i32, offset: i64, ty: usize, msg: usize));
+    site_fn!(reraise, "RERAISE", "8@%rdi 8@%rsi -4@%edx -8@%rcx 8@%r8 8@%r9",
+        (name: usize, file: usize, line: i32, offset: i64, ty: usize, msg: usize));
+    site_fn!(exception_handled, "EXCEPTION_HANDLED", "8@%rdi 8@%rsi -4@%edx -8@%rcx 8@%r8 8@%r9",
+        (name: usize, file: usize, line: i32, offset: i64, ty: usize, msg: usize));
+    site_fn!(c_return, "C_RETURN", "8@%rdi 8@%rsi -4@%edx -8@%rcx 8@%r8 -8@%r9",
+        (name: usize, file: usize, line: i32, offset: i64, repr: usize, interp: i64));
+    site_fn!(c_raise, "C_RAISE", "8@%rdi 8@%rsi -4@%edx -8@%rcx 8@%r8 -8@%r9",
+        (name: usize, file: usize, line: i32, offset: i64, repr: usize, interp: i64));
 }
 
 // The semaphores the site asm defines (one u16 per probe, in `.probes`);
@@ -113,6 +130,13 @@ unsafe extern "C" {
     static __usdt_sema_pyusdt_PY_YIELD: u16;
     static __usdt_sema_pyusdt_CALL: u16;
     static __usdt_sema_pyusdt_LINE: u16;
+    static __usdt_sema_pyusdt_PY_UNWIND: u16;
+    static __usdt_sema_pyusdt_PY_THROW: u16;
+    static __usdt_sema_pyusdt_RAISE: u16;
+    static __usdt_sema_pyusdt_RERAISE: u16;
+    static __usdt_sema_pyusdt_EXCEPTION_HANDLED: u16;
+    static __usdt_sema_pyusdt_C_RETURN: u16;
+    static __usdt_sema_pyusdt_C_RAISE: u16;
 }
 
 #[inline(always)]
@@ -128,6 +152,15 @@ pub fn semaphore(probe: Probe) -> u16 {
             Probe::PyYield => addr_of!(__usdt_sema_pyusdt_PY_YIELD).read_volatile(),
             Probe::Call => addr_of!(__usdt_sema_pyusdt_CALL).read_volatile(),
             Probe::Line => addr_of!(__usdt_sema_pyusdt_LINE).read_volatile(),
+            Probe::PyUnwind => addr_of!(__usdt_sema_pyusdt_PY_UNWIND).read_volatile(),
+            Probe::PyThrow => addr_of!(__usdt_sema_pyusdt_PY_THROW).read_volatile(),
+            Probe::Raise => addr_of!(__usdt_sema_pyusdt_RAISE).read_volatile(),
+            Probe::Reraise => addr_of!(__usdt_sema_pyusdt_RERAISE).read_volatile(),
+            Probe::ExceptionHandled => {
+                addr_of!(__usdt_sema_pyusdt_EXCEPTION_HANDLED).read_volatile()
+            }
+            Probe::CReturn => addr_of!(__usdt_sema_pyusdt_C_RETURN).read_volatile(),
+            Probe::CRaise => addr_of!(__usdt_sema_pyusdt_C_RAISE).read_volatile(),
         }
     }
 }
@@ -140,10 +173,17 @@ unsafe extern "C" {
     static __pyusdt_site_PY_YIELD: [u8; 5];
     static __pyusdt_site_CALL: [u8; 5];
     static __pyusdt_site_LINE: [u8; 5];
+    static __pyusdt_site_PY_UNWIND: [u8; 5];
+    static __pyusdt_site_PY_THROW: [u8; 5];
+    static __pyusdt_site_RAISE: [u8; 5];
+    static __pyusdt_site_RERAISE: [u8; 5];
+    static __pyusdt_site_EXCEPTION_HANDLED: [u8; 5];
+    static __pyusdt_site_C_RETURN: [u8; 5];
+    static __pyusdt_site_C_RAISE: [u8; 5];
 }
 
 /// The address of every probe site's `nop`, in probe order.
-pub fn sites() -> [*const [u8; 5]; 6] {
+pub fn sites() -> [*const [u8; 5]; Probe::COUNT] {
     // Only the addresses are taken; nothing is read here.
     [
         addr_of!(__pyusdt_site_PY_START),
@@ -152,5 +192,12 @@ pub fn sites() -> [*const [u8; 5]; 6] {
         addr_of!(__pyusdt_site_PY_YIELD),
         addr_of!(__pyusdt_site_CALL),
         addr_of!(__pyusdt_site_LINE),
+        addr_of!(__pyusdt_site_PY_UNWIND),
+        addr_of!(__pyusdt_site_PY_THROW),
+        addr_of!(__pyusdt_site_RAISE),
+        addr_of!(__pyusdt_site_RERAISE),
+        addr_of!(__pyusdt_site_EXCEPTION_HANDLED),
+        addr_of!(__pyusdt_site_C_RETURN),
+        addr_of!(__pyusdt_site_C_RAISE),
     ]
 }

@@ -1,10 +1,10 @@
-//! Function name, file name and first line of a code object, as borrowed
+//! Function name, qualified name, file name and first line of a code object, as borrowed
 //! NUL-terminated UTF-8 pointers for the probes, without allocating.
 //!
 //! CPython has no C accessor for `co_name`, `co_filename` or `co_firstlineno`
-//! other than attribute lookup, which costs three descriptor calls per event.
+//! other than attribute lookup, which costs descriptor calls per event.
 //! So the fields are read from the start of `PyCodeObject`, whose layout up to
-//! `co_name` is the same in 3.12, 3.13 and 3.14 (free-threaded or not: only
+//! `co_qualname` is the same in 3.12, 3.13 and 3.14 (free-threaded or not: only
 //! the object header differs, and `PyVarObject` follows the build). The layout
 //! is checked against attribute lookup when the module is loaded; if it does
 //! not match (an interpreter we do not know), every event takes the slow,
@@ -37,6 +37,7 @@ struct CodeHead {
     co_localspluskinds: *mut ffi::PyObject,
     co_filename: *mut ffi::PyObject,
     co_name: *mut ffi::PyObject,
+    co_qualname: *mut ffi::PyObject,
 }
 
 const UNKNOWN: &CStr = c"<unknown>";
@@ -45,11 +46,14 @@ const UNKNOWN: &CStr = c"<unknown>";
 /// `str` objects that `holder` (or the code object itself) keeps alive.
 pub struct CodeInfo {
     pub name: *const c_char,
+    /// `co_qualname` (`Class.method`, `outer.<locals>.inner`).
+    pub qualname: *const c_char,
+    pub qualname_len: usize,
     pub file: *const c_char,
     pub file_len: usize,
     pub firstlineno: i32,
     /// Strong references taken by the slow path, released on drop.
-    holder: [*mut ffi::PyObject; 2],
+    holder: [*mut ffi::PyObject; 3],
 }
 
 impl CodeInfo {
@@ -57,6 +61,12 @@ impl CodeInfo {
     pub fn file_bytes(&self) -> &[u8] {
         // SAFETY: `file` points to `file_len` bytes kept alive with `self`.
         unsafe { std::slice::from_raw_parts(self.file.cast::<u8>(), self.file_len) }
+    }
+
+    /// The qualified name's UTF-8 bytes.
+    pub fn qualname_bytes(&self) -> &[u8] {
+        // SAFETY: `qualname` points to `qualname_len` bytes kept alive with `self`.
+        unsafe { std::slice::from_raw_parts(self.qualname.cast::<u8>(), self.qualname_len) }
     }
 }
 
@@ -115,12 +125,15 @@ pub unsafe fn read(code: *mut ffi::PyObject, layout_ok: bool) -> CodeInfo {
         if layout_ok {
             let head = code as *const CodeHead;
             let (file, file_len) = utf8((*head).co_filename);
+            let (qualname, qualname_len) = utf8((*head).co_qualname);
             return CodeInfo {
                 name: utf8((*head).co_name).0,
+                qualname,
+                qualname_len,
                 file,
                 file_len,
                 firstlineno: (*head).co_firstlineno,
-                holder: [ptr::null_mut(); 2],
+                holder: [ptr::null_mut(); 3],
             };
         }
         read_slow(code)
@@ -142,6 +155,7 @@ unsafe fn read_slow(code: *mut ffi::PyObject) -> CodeInfo {
     // SAFETY: attached; `code` is valid. The strings are kept alive by `holder`.
     unsafe {
         let name = getattr(code, c"co_name");
+        let qualname = getattr(code, c"co_qualname");
         let file = getattr(code, c"co_filename");
         let line = getattr(code, c"co_firstlineno");
         let mut firstlineno = 0;
@@ -154,12 +168,15 @@ unsafe fn read_slow(code: *mut ffi::PyObject) -> CodeInfo {
             ffi::Py_DECREF(line);
         }
         let (file_ptr, file_len) = utf8(file);
+        let (qualname_ptr, qualname_len) = utf8(qualname);
         CodeInfo {
             name: utf8(name).0,
+            qualname: qualname_ptr,
+            qualname_len,
             file: file_ptr,
             file_len,
             firstlineno,
-            holder: [name, file],
+            holder: [name, file, qualname],
         }
     }
 }
@@ -217,6 +234,7 @@ unsafe fn matches_attrs(code: *mut ffi::PyObject, line: i32) -> bool {
         let slow = read_slow(code);
         let same = slow.holder[0] == (*head).co_name
             && slow.holder[1] == (*head).co_filename
+            && slow.holder[2] == (*head).co_qualname
             && slow.firstlineno == line
             && (*head).co_firstlineno == line;
         drop(slow);

@@ -4,6 +4,7 @@
 
 pub mod bounded;
 pub mod code_info;
+pub mod exception;
 pub mod fast_repr;
 pub mod object_repr;
 pub mod repr;

@@ -104,6 +104,39 @@ pub unsafe fn write(obj: *mut ffi::PyObject, keys: &Keys, out: &mut Vec<u8>) -> 
     }
 }
 
+/// Appends the name of the type `ty` as `object.__repr__` writes it
+/// (`MOD.QUALNAME`, or `TP_NAME` for a static type or one whose module is
+/// `builtins`), for the exception probes. `Err` (the error set) as `write`.
+///
+/// # Safety
+/// Attached; `ty` is a valid type; `keys` belong to this interpreter.
+pub unsafe fn type_name(
+    ty: *mut ffi::PyTypeObject,
+    keys: &Keys,
+    out: &mut Vec<u8>,
+) -> Result<(), ()> {
+    // SAFETY: attached, `ty` valid (the caller's contract).
+    unsafe {
+        let start = out.len();
+        let res = if ffi::PyType_HasFeature(ty, ffi::Py_TPFLAGS_HEAPTYPE) == 0 {
+            static_type(ty, out)
+        } else {
+            heap_type(ty, keys, out)
+        };
+        match res {
+            Ok(()) => {
+                // Both write the text after a '<'.
+                out.remove(start);
+                Ok(())
+            }
+            Err(()) => {
+                out.truncate(start);
+                Err(())
+            }
+        }
+    }
+}
+
 /// `<MOD.NAME` or `<TP_NAME` of a static type: MOD and NAME are `tp_name`
 /// split at its last '.' and joined again by it, so either way `<TP_NAME`.
 unsafe fn static_type(ty: *mut ffi::PyTypeObject, out: &mut Vec<u8>) -> Result<(), ()> {

@@ -82,7 +82,7 @@ fn write_scratch<'a>(s: &'a Scratch, parts: &[&[u8]]) -> Repr<'a> {
 }
 
 /// Cuts `buf` to the bound (with "...") if it does not fit, and NUL-terminates it.
-fn finish(buf: &mut Vec<u8>) {
+pub(super) fn finish(buf: &mut Vec<u8>) {
     if buf.len() >= config::get().repr_max {
         let end = cut_point(buf);
         buf.truncate(end);
