@@ -70,21 +70,39 @@ macro_rules! site_fn {
 
 /// The probe sites, one function each.
 pub mod fire {
-    site_fn!(py_start, "PY_START", "8@x0 8@x1 -4@w2 -8@x3 -8@x4",
-        (name: usize, file: usize, line: i32, offset: i64, interp: i64));
-    site_fn!(py_resume, "PY_RESUME", "8@x0 8@x1 -4@w2 -8@x3 -8@x4",
-        (name: usize, file: usize, line: i32, offset: i64, interp: i64));
+    // At most six arguments, all in registers, as on x86_64.
+
+    site_fn!(py_start, "PY_START", "8@x0 8@x1 -4@w2 -8@x3 -8@x4 8@x5",
+        (name: usize, file: usize, line: i32, offset: i64, interp: i64, qualname: usize));
+    site_fn!(py_resume, "PY_RESUME", "8@x0 8@x1 -4@w2 -8@x3 -8@x4 8@x5",
+        (name: usize, file: usize, line: i32, offset: i64, interp: i64, qualname: usize));
     site_fn!(py_return, "PY_RETURN", "8@x0 8@x1 -4@w2 -8@x3 8@x4 -8@x5",
         (name: usize, file: usize, line: i32, offset: i64, repr: usize, interp: i64));
     site_fn!(py_yield, "PY_YIELD", "8@x0 8@x1 -4@w2 -8@x3 8@x4 -8@x5",
         (name: usize, file: usize, line: i32, offset: i64, repr: usize, interp: i64));
     site_fn!(call, "CALL", "8@x0 8@x1 -4@w2 -8@x3 8@x4 -8@x5",
         (name: usize, file: usize, line: i32, offset: i64, repr: usize, interp: i64));
-    site_fn!(line, "LINE", "8@x0 8@x1 -4@w2 -8@x3",
-        (name: usize, file: usize, line: i32, interp: i64));
+    site_fn!(line, "LINE", "8@x0 8@x1 -4@w2 -8@x3 8@x4",
+        (name: usize, file: usize, line: i32, interp: i64, qualname: usize));
+    site_fn!(py_unwind, "PY_UNWIND", "8@x0 8@x1 -4@w2 -8@x3 8@x4 8@x5",
+        (name: usize, file: usize, line: i32, offset: i64, ty: usize, msg: usize));
+    site_fn!(py_throw, "PY_THROW", "8@x0 8@x1 -4@w2 -8@x3 8@x4 8@x5",
+        (name: usize, file: usize, line: i32, offset: i64, ty: usize, msg: usize));
+    site_fn!(raise, "RAISE", "8@x0 8@x1 -4@w2 -8@x3 8@x4 8@x5",
+        (name: usize, file: usize, line: i32, offset: i64, ty: usize, msg: usize));
+    site_fn!(reraise, "RERAISE", "8@x0 8@x1 -4@w2 -8@x3 8@x4 8@x5",
+        (name: usize, file: usize, line: i32, offset: i64, ty: usize, msg: usize));
+    site_fn!(exception_handled, "EXCEPTION_HANDLED", "8@x0 8@x1 -4@w2 -8@x3 8@x4 8@x5",
+        (name: usize, file: usize, line: i32, offset: i64, ty: usize, msg: usize));
+    site_fn!(c_return, "C_RETURN", "8@x0 8@x1 -4@w2 -8@x3 8@x4 -8@x5",
+        (name: usize, file: usize, line: i32, offset: i64, repr: usize, interp: i64));
+    site_fn!(c_raise, "C_RAISE", "8@x0 8@x1 -4@w2 -8@x3 8@x4 -8@x5",
+        (name: usize, file: usize, line: i32, offset: i64, repr: usize, interp: i64));
 }
 
-// The semaphores the site asm defines (one u16 per probe, in `.probes`).
+// The semaphores the site asm defines (one u16 per probe, in `.probes`);
+// the kernel increments one when a uprobe is attached to its probe and
+// decrements it on detach.
 unsafe extern "C" {
     static __usdt_sema_pyusdt_PY_START: u16;
     static __usdt_sema_pyusdt_PY_RESUME: u16;
@@ -92,6 +110,13 @@ unsafe extern "C" {
     static __usdt_sema_pyusdt_PY_YIELD: u16;
     static __usdt_sema_pyusdt_CALL: u16;
     static __usdt_sema_pyusdt_LINE: u16;
+    static __usdt_sema_pyusdt_PY_UNWIND: u16;
+    static __usdt_sema_pyusdt_PY_THROW: u16;
+    static __usdt_sema_pyusdt_RAISE: u16;
+    static __usdt_sema_pyusdt_RERAISE: u16;
+    static __usdt_sema_pyusdt_EXCEPTION_HANDLED: u16;
+    static __usdt_sema_pyusdt_C_RETURN: u16;
+    static __usdt_sema_pyusdt_C_RAISE: u16;
 }
 
 #[inline(always)]
@@ -107,6 +132,15 @@ pub fn semaphore(probe: Probe) -> u16 {
             Probe::PyYield => addr_of!(__usdt_sema_pyusdt_PY_YIELD).read_volatile(),
             Probe::Call => addr_of!(__usdt_sema_pyusdt_CALL).read_volatile(),
             Probe::Line => addr_of!(__usdt_sema_pyusdt_LINE).read_volatile(),
+            Probe::PyUnwind => addr_of!(__usdt_sema_pyusdt_PY_UNWIND).read_volatile(),
+            Probe::PyThrow => addr_of!(__usdt_sema_pyusdt_PY_THROW).read_volatile(),
+            Probe::Raise => addr_of!(__usdt_sema_pyusdt_RAISE).read_volatile(),
+            Probe::Reraise => addr_of!(__usdt_sema_pyusdt_RERAISE).read_volatile(),
+            Probe::ExceptionHandled => {
+                addr_of!(__usdt_sema_pyusdt_EXCEPTION_HANDLED).read_volatile()
+            }
+            Probe::CReturn => addr_of!(__usdt_sema_pyusdt_C_RETURN).read_volatile(),
+            Probe::CRaise => addr_of!(__usdt_sema_pyusdt_C_RAISE).read_volatile(),
         }
     }
 }
@@ -119,11 +153,18 @@ unsafe extern "C" {
     static __pyusdt_site_PY_YIELD: [u8; 4];
     static __pyusdt_site_CALL: [u8; 4];
     static __pyusdt_site_LINE: [u8; 4];
+    static __pyusdt_site_PY_UNWIND: [u8; 4];
+    static __pyusdt_site_PY_THROW: [u8; 4];
+    static __pyusdt_site_RAISE: [u8; 4];
+    static __pyusdt_site_RERAISE: [u8; 4];
+    static __pyusdt_site_EXCEPTION_HANDLED: [u8; 4];
+    static __pyusdt_site_C_RETURN: [u8; 4];
+    static __pyusdt_site_C_RAISE: [u8; 4];
 }
 
 /// The address of every probe site's `nop`, in probe order.
 #[cfg_attr(not(test), allow(dead_code))]
-pub fn sites() -> [*const [u8; 4]; 6] {
+pub fn sites() -> [*const [u8; 4]; Probe::COUNT] {
     // Only the addresses are taken; nothing is read here.
     [
         addr_of!(__pyusdt_site_PY_START),
@@ -132,5 +173,12 @@ pub fn sites() -> [*const [u8; 4]; 6] {
         addr_of!(__pyusdt_site_PY_YIELD),
         addr_of!(__pyusdt_site_CALL),
         addr_of!(__pyusdt_site_LINE),
+        addr_of!(__pyusdt_site_PY_UNWIND),
+        addr_of!(__pyusdt_site_PY_THROW),
+        addr_of!(__pyusdt_site_RAISE),
+        addr_of!(__pyusdt_site_RERAISE),
+        addr_of!(__pyusdt_site_EXCEPTION_HANDLED),
+        addr_of!(__pyusdt_site_C_RETURN),
+        addr_of!(__pyusdt_site_C_RAISE),
     ]
 }
