@@ -8,6 +8,11 @@ It is a file in the pyusdt package, not `python -c CODE`, so that this outermost
 pyusdt's own code, which is never traced: a `-c` frame (file `<string>`) would show up in
 the trace as a PY_RETURN once the target has finished. Nothing else runs first, so no
 runpy frame lies under the target either.
+
+With PYUSDT_TRACE_GATE=FD in the environment (set by `pyusdt-trace --tool`), the target
+also waits, once its probes are enabled, until a byte (or end of file) arrives on that
+pipe: pyusdt-trace writes it when bpftrace has run the tool's BEGIN, i.e. once every probe
+is attached, so that no event of the program's first lines is missed.
 """
 
 import importlib.util
@@ -27,6 +32,20 @@ except OSError as exc:
     sys.stderr.write(f"pyusdt-trace: cannot load pyusdt from {_here}: {exc.strerror or exc}\n")
     sys.exit(2)
 import pyusdt.__main__ as _main  # noqa: E402
+
+_gate = os.environ.pop("PYUSDT_TRACE_GATE", None)
+if _gate is not None and _gate.isdigit():
+    _wait = _main._wait_for_tracer
+
+    def _wait_then_gate(wait, probes, _fd=int(_gate)):
+        _wait(wait, probes)
+        try:
+            os.read(_fd, 1)
+            os.close(_fd)
+        except OSError:
+            pass
+
+    _main._wait_for_tracer = _wait_then_gate
 
 sys.argv[0] = _main.__file__
 _main.main()
