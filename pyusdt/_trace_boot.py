@@ -10,9 +10,11 @@ the trace as a PY_RETURN once the target has finished. Nothing else runs first, 
 runpy frame lies under the target either.
 
 With PYUSDT_TRACE_GATE=FD in the environment (set by `pyusdt-trace --tool`), the target
-also waits, once its probes are enabled, until a byte (or end of file) arrives on that
-pipe: pyusdt-trace writes it when bpftrace has run the tool's BEGIN, i.e. once every probe
-is attached, so that no event of the program's first lines is missed.
+also waits, before its first line, for a line on that pipe: pyusdt-trace writes it when
+bpftrace has run the tool's BEGIN, i.e. once every probe is attached, and it names the
+tool's probes (comma-separated); the target then waits until pyusdt has enabled all of
+them, so that no event of the program's first lines is missed. End of file instead (no
+names) lets it run at once.
 """
 
 import importlib.util
@@ -39,11 +41,20 @@ if _gate is not None and _gate.isdigit():
 
     def _wait_then_gate(wait, probes, _fd=int(_gate)):
         _wait(wait, probes)
+        data = b""
         try:
-            os.read(_fd, 1)
+            while not data.endswith(b"\n"):
+                chunk = os.read(_fd, 4096)
+                if not chunk:
+                    break
+                data += chunk
             os.close(_fd)
         except OSError:
             pass
+        names = [n for n in data.decode(errors="replace").strip().split(",") if n]
+        names = [n for n in names if n in _pyusdt.PROBES]
+        if names and not _pyusdt.wait_for_tracer(max(wait or 0.0, 10.0), names):
+            sys.stderr.write("pyusdt: the tool's probes were not enabled; running anyway\n")
 
     _main._wait_for_tracer = _wait_then_gate
 

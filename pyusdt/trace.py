@@ -207,9 +207,7 @@ def parse_args(argv: list[str]) -> Options:
                 opts.bpftrace = value
             elif name == "--tool":
                 if value not in tools.TOOLS:
-                    raise OneLineError(
-                        f"unknown tool: {value!r} (tools: {', '.join(tools.TOOLS)})"
-                    )
+                    raise OneLineError(f"unknown tool: {value!r} (tools: {', '.join(tools.TOOLS)})")
                 opts.tool = value
             elif name == "--top":
                 if not value.isdigit() or int(value) <= 0:
@@ -668,9 +666,7 @@ class _Setup:
     report: tools.Report | None = None
 
 
-def _setup(
-    opts: Options, pid: int, lib: str, program: str, on_ready=None, out=None
-) -> _Setup:
+def _setup(opts: Options, pid: int, lib: str, program: str, on_ready=None, out=None) -> _Setup:
     """For --tool: the tool's program without the optional probes `lib` lacks (a one-line
     error, exit 2, if it lacks one the tool needs), and its report."""
     program = rewrite_program(program, probe_lib(pid, lib))
@@ -733,9 +729,7 @@ def invoking_user(as_root: bool) -> User | None:
     return User(int(uid), int(gid), groups, env)
 
 
-def _spawn_target(
-    user: User | None, args: list[str], gate: int | None = None
-) -> subprocess.Popen:
+def _spawn_target(user: User | None, args: list[str], gate: int | None = None) -> subprocess.Popen:
     """Start the target; with `gate` (a pipe's read end), it also waits for a byte (or
     EOF) on that pipe before its first line (see _trace_boot.py)."""
     cmd = [sys.executable, _BOOT, *args]
@@ -813,12 +807,14 @@ def run(opts: Options, bpftrace: str, program: str) -> None:
     # A tool's target also waits for the tool's BEGIN line (every probe attached).
     gate_r, gate_w = os.pipe() if opts.tool is not None else (None, None)
     gate = [gate_w]
+    gate_probes: list[str] = []
 
     def release() -> None:
+        """Let the target run: its line names the probes it waits for (see _trace_boot)."""
         if gate[0] is not None:
             fd, gate[0] = gate[0], None
             try:
-                os.write(fd, b"g")
+                os.write(fd, (",".join(gate_probes) + "\n").encode())
             except OSError:
                 pass
             os.close(fd)
@@ -837,6 +833,7 @@ def run(opts: Options, bpftrace: str, program: str) -> None:
         except OneLineError as exc:
             _stop(child, signal.SIGKILL, 1.0)
             _fail(str(exc), 2)
+        gate_probes.extend(tools.probes_of(setup.program))
         tmpdir = tempfile.mkdtemp(prefix="pyusdt-trace-")
         bt_file = _write_program(tmpdir, opts.script, setup.program)
         try:

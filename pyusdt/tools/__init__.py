@@ -41,6 +41,7 @@ class Tool:
     pid_param: bool = False  # takes the target's PID as $1
     top: bool = False  # a table: --top N applies
     strlen: int = 128  # BPFTRACE_STRLEN that fits its keys in the BPF stack
+    optional: tuple[str, ...] = OPTIONAL_PROBES  # probes it can run without
 
     @property
     def path(self) -> str:
@@ -64,7 +65,7 @@ TOOLS = {
         Tool("latency", func=True),
         Tool("syscalls", pid_param=True, top=True),
         Tool("offcpu", pid_param=True, top=True),
-        Tool("exceptions", top=True, strlen=96),
+        Tool("exceptions", top=True, strlen=96, optional=()),
     )
 }
 DEFAULT_TOP = 20
@@ -96,7 +97,7 @@ def adapt(tool: Tool, program: str, available: set[str] | None) -> str:
     if available is None:
         return program
     missing = [p for p in dict.fromkeys(probes_of(program)) if p not in available]
-    needed = [p for p in missing if p not in OPTIONAL_PROBES]
+    needed = [p for p in missing if p not in tool.optional]
     if needed:
         raise ToolError(
             f"tool {tool.name} needs the {', '.join(needed)} probe"

@@ -1,5 +1,6 @@
 """Linux x86_64 system call names by number (generated from asm/unistd_64.h)."""
 
+# fmt: off
 X86_64 = {
     0: "read", 1: "write", 2: "open", 3: "close", 4: "stat", 5: "fstat", 6: "lstat", 7: "poll",
     8: "lseek", 9: "mmap", 10: "mprotect", 11: "munmap", 12: "brk", 13: "rt_sigaction",
@@ -76,3 +77,4 @@ X86_64 = {
     445: "landlock_add_rule", 446: "landlock_restrict_self", 447: "memfd_secret",
     448: "process_mrelease", 449: "futex_waitv", 450: "set_mempolicy_home_node",
 }
+# fmt: on
