@@ -322,7 +322,9 @@ def _u(data: bytes, fmt: str, offset: int) -> tuple:
     return struct.unpack_from(fmt, data, offset)
 
 
-def stapsdt_semaphores(data: bytes, provider: str = "pyusdt") -> tuple[int, dict[str, int]]:
+def stapsdt_semaphores(
+    data: bytes, provider: str = "pyusdt", nargs: dict[str, int] | None = None
+) -> tuple[int, dict[str, int]]:
     """(link-time vaddr of the first PT_LOAD, {probe: link-time semaphore vaddr}) of an ELF.
 
     Reads the SystemTap SDT notes (section .note.stapsdt, note type 3): each note's
@@ -384,9 +386,13 @@ def stapsdt_semaphores(data: bytes, provider: str = "pyusdt") -> tuple[int, dict
         if ntype != 3 or data[name_at : name_at + namesz].rstrip(b"\0") != b"stapsdt":
             continue
         _pc, note_base, sem = _u(data, e + w * 3, desc_at)
-        prov, probe = data[desc_at + 3 * addr_size : desc_at + descsz].split(b"\0")[:2]
+        prov, probe, argspec = (
+            data[desc_at + 3 * addr_size : desc_at + descsz].split(b"\0") + [b""]
+        )[:3]
         if prov.decode(errors="replace") != provider or not sem:
             continue
+        if nargs is not None:  # "8@%rdi -4@%edx ...": one operand per argument
+            nargs[probe.decode(errors="replace")] = len(argspec.split())
         if base is not None:
             sem += base[2] - note_base
         found[probe.decode(errors="replace")] = sem
@@ -645,12 +651,15 @@ def _write_program(tmpdir: str, script: str | None, program: str) -> str:
 # -- tools -------------------------------------------------------------------------------------
 
 
-def library_probes(pid: int, lib: str) -> set[str] | None:
-    """The names of the pyusdt probes in the library `lib` that process `pid` mapped."""
+def library_probes(pid: int, lib: str) -> dict[str, int] | None:
+    """{probe: number of arguments} of the pyusdt probes in the library `lib` that process
+    `pid` mapped."""
     for path in (probe_lib(pid, lib), lib):
+        nargs: dict[str, int] = {}
         try:
             with open(path, "rb") as f:
-                return set(stapsdt_semaphores(f.read())[1])
+                stapsdt_semaphores(f.read(), nargs=nargs)
+            return nargs
         except (OSError, ValueError, struct.error, IndexError):
             continue
     return None

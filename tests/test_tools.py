@@ -25,8 +25,11 @@ from conftest import LIB, base_env, finish, need_bpftrace, readline_raw, spawn
 from pyusdt import tools
 from pyusdt.trace import stapsdt_semaphores
 
+LIB_NARGS: dict[str, int] = {}
 with open(LIB, "rb") as _f:
-    LIB_PROBES = set(stapsdt_semaphores(_f.read())[1])
+    stapsdt_semaphores(_f.read(), nargs=LIB_NARGS)
+LIB_PROBES = set(LIB_NARGS)
+HAS_QUALNAME = tools.has_qualname(LIB_NARGS)
 HAS_UNWIND = {"PY_UNWIND", "PY_THROW"} <= LIB_PROBES
 HAS_EXCEPTIONS = {"RAISE", "RERAISE", "EXCEPTION_HANDLED", "PY_UNWIND"} <= LIB_PROBES
 
@@ -37,7 +40,8 @@ HAS_EXCEPTIONS = {"RAISE", "RERAISE", "EXCEPTION_HANDLED", "PY_UNWIND"} <= LIB_P
 # per function and exception type the RAISE, RERAISE, EXCEPTION_HANDLED, PY_UNWIND counts.
 RECORDER = """\
 import json, runpy, sys, threading
-workload, out, unwind = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+workload, out = sys.argv[1], sys.argv[2]
+unwind, qualname = sys.argv[3] == "1", sys.argv[4] == "1"
 M = sys.monitoring
 E = M.events
 TOOL = 4
@@ -63,7 +67,8 @@ def pop(counted):
         if mine(code):
             with lock:
                 if counted:
-                    k = f"{code.co_name}|{code.co_firstlineno}"
+                    name = code.co_qualname if qualname else code.co_name
+                    k = f"{name}|{code.co_firstlineno}"
                     ends[k] = ends.get(k, 0) + 1
                     flows.setdefault(threading.get_native_id(), []).append(["<", code.co_name, d])
     return cb
@@ -77,7 +82,11 @@ def exc(column, then=None):
     def cb(code, offset, exception):
         if mine(code):
             with lock:
-                k = f"{code.co_name}|{type(exception).__name__}"
+                t = type(exception)
+                tn = t.__qualname__
+                if t.__module__ != "builtins":
+                    tn = f"{t.__module__}.{tn}"
+                k = f"{code.co_name}|{tn}"
                 excs.setdefault(k, [0, 0, 0, 0])[column] += 1
         if then is not None:
             then(code, offset, exception)
@@ -205,7 +214,14 @@ def record(workdir: Path, script: str = "work.py") -> dict:
     out = workdir / "truth.json"
     path = str(workdir / script)
     subprocess.run(
-        [sys.executable, "recorder.py", path, str(out), "1" if HAS_UNWIND else "0"],
+        [
+            sys.executable,
+            "recorder.py",
+            path,
+            str(out),
+            str(int(HAS_UNWIND)),
+            str(int(HAS_QUALNAME)),
+        ],
         cwd=workdir,
         check=True,
         timeout=60,
@@ -287,7 +303,12 @@ def test_adapt_drops_probes_the_library_lacks():
     assert "usdt:PYUSDT:pyusdt:PY_RESUME\n{" in adapted
     assert "usdt:PYUSDT:pyusdt:PY_YIELD\n{" in adapted
     assert adapted.count("{") == adapted.count("}")
-    assert tools.adapt(tool, source, six | {"PY_UNWIND", "PY_THROW"}) == source
+    # With qualnames (arg5 of PY_START and PY_RESUME), the program as it is; without,
+    # the name on the lines marked /* qualname */.
+    nargs = dict.fromkeys(six | {"PY_UNWIND", "PY_THROW"}, 6)
+    assert tools.adapt(tool, source, nargs) == source
+    adapted = tools.adapt(tool, source, {**nargs, "PY_START": 5, "PY_RESUME": 5})
+    assert adapted == source.replace("nsecs, arg5);", "nsecs, arg0);")
     assert tools.adapt(tool, source, None) == source
     with pytest.raises(tools.ToolError, match="needs the PY_RETURN probe"):
         tools.adapt(tool, source, six - {"PY_RETURN"})
@@ -332,7 +353,8 @@ def test_calls_match_recorder(workdir):
     got.pop("<module>|1", None)
     assert got == truth, r.stdout
     # The known counts, whatever the recorder says.
-    assert got["leaf|6"] == 1100 and got["leaf|11"] == 7 and got["fib|15"] == 465
+    method = "Box.leaf" if HAS_QUALNAME else "leaf"
+    assert got["leaf|6"] == 1100 and got[f"{method}|11"] == 7 and got["fib|15"] == 465
     assert got["gen|19"] == 6 and got["catcher|28"] == 100 and got["stat_many|35"] == 1
     assert got.get("thrower|24", 0) == (100 if HAS_UNWIND else 0)
     sleeper = rows["sleeper|40"]

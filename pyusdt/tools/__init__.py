@@ -91,11 +91,26 @@ def probes_of(program: str) -> list[str]:
     return [m[1] for line in program.splitlines() if (m := _SPEC_RE.match(line.strip()))]
 
 
-def adapt(tool: Tool, program: str, available: set[str] | None) -> str:
-    """The program without the optional probes the library lacks; ToolError if it lacks a
-    needed one. `available` None: unknown, leave the program as it is."""
+def has_qualname(available: dict[str, int] | set[str]) -> bool:
+    """True if PY_START and PY_RESUME carry co_qualname (arg5)."""
+    return isinstance(available, dict) and all(
+        available.get(p, 0) >= 6 for p in ("PY_START", "PY_RESUME")
+    )
+
+
+def adapt(tool: Tool, program: str, available: dict[str, int] | set[str] | None) -> str:
+    """The program for a library with these probes ({name: number of arguments}, or just
+    the names): without the optional probes it lacks (ToolError if it lacks a needed one),
+    and where PY_START and PY_RESUME have no qualname (arg5), with the function's name
+    (arg0) on the lines marked `/* qualname */`. `available` None: unknown, leave the
+    program as it is."""
     if available is None:
         return program
+    if not has_qualname(available):
+        program = "\n".join(
+            ln.replace("arg5", "arg0") if "/* qualname */" in ln else ln
+            for ln in program.splitlines()
+        ) + ("\n" if program.endswith("\n") else "")
     missing = [p for p in dict.fromkeys(probes_of(program)) if p not in available]
     needed = [p for p in missing if p not in tool.optional]
     if needed:
@@ -325,7 +340,7 @@ class FlowEvent:
 
 
 _FLOW_START = re.compile(r"^(\d+) (\d+) (\d+) > (\S+) (-?\d+) (.*)$")
-_FLOW_END = re.compile(r"^(\d+) (\d+) (\d+) < (\S+) (-?\d+) (\d+) (.*)$")
+_FLOW_END = re.compile(r"^(\d+) (\d+) (\d+) < (\S+) (-?\d+) (\d+)$")
 
 
 def parse_flow(line: str) -> FlowEvent | None:
@@ -334,7 +349,7 @@ def parse_flow(line: str) -> FlowEvent | None:
         return FlowEvent(int(m[1]), int(m[2]), int(m[3]), ">", m[4], int(m[5]), None, m[6])
     m = _FLOW_END.match(line)
     if m:
-        return FlowEvent(int(m[1]), int(m[2]), int(m[3]), "<", m[4], int(m[5]), int(m[6]), m[7])
+        return FlowEvent(int(m[1]), int(m[2]), int(m[3]), "<", m[4], int(m[5]), int(m[6]), "")
     return None
 
 
@@ -364,6 +379,8 @@ class Report:
     _ready: bool = False
     _pending: list[tuple[float, FlowEvent]] = field(default_factory=list)
     _t0: int | None = None
+    _names: dict[tuple[int, int], str] = field(default_factory=dict)  # flow: qualnames
+    _done: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     HOLD = 0.2  # flow: seconds an event is held back, for events from other CPUs
@@ -378,6 +395,7 @@ class Report:
             sys.stderr.flush()
             if self.tool.name == "flow":
                 self._write(f"{'TIME(us)':>12} {'TID':>8}  CALL\n")
+                threading.Thread(target=self._flush_ticker, daemon=True).start()
             if self.on_ready is not None:
                 self.on_ready()
             return
@@ -391,15 +409,23 @@ class Report:
         self.lines.append(line)
 
     def _write(self, text: str) -> None:
-        self.out.write(text)
-        self.out.flush()
+        try:
+            self.out.write(text)
+            self.out.flush()
+        except (BrokenPipeError, ValueError):  # `pyusdt-trace ... | head`
+            pass
+
+    def _flush_ticker(self) -> None:
+        """Flow: print held events while no new ones arrive (the program sleeps, say)."""
+        while not self._done:
+            time.sleep(self.HOLD / 2)
+            self.flush_flow(time.monotonic() - self.HOLD)
 
     def flush_flow(self, before: float = float("inf")) -> None:
         with self._lock:
             if not self._pending:
                 return
-            cut = max((i for i, (t, _) in enumerate(self._pending) if t <= before), default=-1)
-            if cut < 0:
+            if not any(t <= before for t, _ in self._pending):
                 return
             # Everything that arrived before `before`, plus what is older than the newest
             # of those, in time order.
@@ -409,10 +435,19 @@ class Report:
             self._pending = [p for p in self._pending if p[1].ns > limit]
             if self._t0 is None:
                 self._t0 = ready[0][1].ns
+            for _, ev in ready:
+                # An end line has the name; its start, at the same depth, the qualname.
+                if ev.kind == ">":
+                    self._names[(ev.tid, ev.depth)] = ev.name
+                else:
+                    start = self._names.get((ev.tid, ev.depth), "")
+                    if start == ev.name or start.endswith("." + ev.name):
+                        ev.name = start
             text = "".join(format_flow(ev, self._t0) + "\n" for _, ev in ready)
         self._write(text)
 
     def finish(self) -> None:
+        self._done = True
         if self.tool.name == "flow":
             self.flush_flow()
             return
