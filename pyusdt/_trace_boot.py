@@ -10,7 +10,8 @@ the trace as a PY_RETURN once the target has finished. Nothing else runs first, 
 runpy frame lies under the target either.
 
 With PYUSDT_TRACE_GATE=FD in the environment (set by `pyusdt-trace --tool`), the target
-also waits, before its first line, for a line on that pipe: pyusdt-trace writes it when
+waits, before its first line, for a line on that pipe instead (--wait's timeout does not
+apply): pyusdt-trace writes it when
 bpftrace has run the tool's BEGIN, i.e. once every probe is attached, and it names the
 tool's probes (comma-separated); the target then waits until pyusdt has enabled all of
 them, so that no event of the program's first lines is missed. End of file instead (no
@@ -37,10 +38,10 @@ import pyusdt.__main__ as _main  # noqa: E402
 
 _gate = os.environ.pop("PYUSDT_TRACE_GATE", None)
 if _gate is not None and _gate.isdigit():
-    _wait = _main._wait_for_tracer
 
-    def _wait_then_gate(wait, probes, _fd=int(_gate)):
-        _wait(wait, probes)
+    def _wait_for_gate(wait, probes, _fd=int(_gate)):
+        # Instead of --wait (whose timeout would start the program untraced while bpftrace
+        # is still compiling a tool, on a busy machine): until pyusdt-trace says.
         data = b""
         try:
             while not data.endswith(b"\n"):
@@ -56,7 +57,7 @@ if _gate is not None and _gate.isdigit():
         if names and not _pyusdt.wait_for_tracer(max(wait or 0.0, 10.0), names):
             sys.stderr.write("pyusdt: the tool's probes were not enabled; running anyway\n")
 
-    _main._wait_for_tracer = _wait_then_gate
+    _main._wait_for_tracer = _wait_for_gate
 
 sys.argv[0] = _main.__file__
 _main.main()
