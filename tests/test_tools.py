@@ -456,6 +456,15 @@ def test_latency_count_exact(workdir):
     assert re.search(r"^@calls: 1107$", r.stdout, re.M), r.stdout
 
 
+def test_latency_qualname(workdir):
+    """FUNC as a qualname picks the method alone (where the library has qualnames)."""
+    r = run_tool(workdir, "latency", "Box.leaf")
+    if HAS_QUALNAME:
+        assert re.search(r"^@calls: 7$", r.stdout, re.M), r.stdout
+    else:  # no function is named "Box.leaf"
+        assert r.stdout.startswith("@ns:\n(no calls)"), r.stdout
+
+
 def test_latency_lower_bound(workdir):
     r = run_tool(workdir, "latency", "sleeper")
     buckets = [b for b in re.findall(r"^\[(\S+), (\S+)\)\s+(\d+) \|", r.stdout, re.M)]
