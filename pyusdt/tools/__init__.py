@@ -448,6 +448,8 @@ class Report:
 
     def finish(self) -> None:
         self._done = True
+        if not self._ready:  # bpftrace failed before BEGIN (it said why): no report
+            return
         if self.tool.name == "flow":
             self.flush_flow()
             return
