@@ -31,13 +31,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from pyusdt import tools
+
 PROG = "pyusdt-trace"
 DEFAULT_WAIT = 10.0
 USAGE = (
     f"usage: {PROG} [--bpftrace PATH] [--wait SECS] [--as-root] [--only GLOBS]"
     " (SCRIPT.bt | -e PROGRAM) [--] (script.py | -m module | -c code) [args...]\n"
     f"       {PROG} [--bpftrace PATH] -p PID (SCRIPT.bt | -e PROGRAM)\n"
-    f"       {PROG} --ps"
+    f"       {PROG} --tool NAME [FUNC] [--top N] [-o FILE] (-p PID | [--] program [args...])\n"
+    f"       {PROG} --ps | --list-tools"
 )
 HELP = f"""{USAGE}
 
@@ -51,6 +54,12 @@ With -p PID, trace a running process that has pyusdt loaded (`python -m pyusdt .
 With --ps, list the processes that have pyusdt loaded: PID, Python version, the probes
 attached now (from their semaphores) and the command line.
 
+With --tool NAME, run one of pyusdt's ready-made tools (bpftrace programs shipped in
+pyusdt/tools/; --list-tools lists them) instead of a program of your own: calls, flow,
+latency FUNC, syscalls, offcpu, exceptions. The program starts once the tool's BEGIN
+has run (every probe attached); the tool's report is printed when the trace ends, to
+stdout (or -o FILE), its "Tracing..." line to stderr.
+
 In the bpftrace program, the probe library may be named as `usdt:PYUSDT:pyusdt:PROBE`,
 `usdt:./libpyusdt.so:pyusdt:PROBE` (any path ending in libpyusdt*.so) or
 `usdt:*:pyusdt:PROBE`; each is replaced by /proc/PID/root/ + the path of the library the
@@ -62,6 +71,11 @@ options:
   -e PROGRAM        the bpftrace program text (instead of SCRIPT.bt)
   -p PID            trace the running process PID instead of starting a program
   --ps              list the processes that have pyusdt loaded, and exit
+  --tool NAME       run the ready-made tool NAME (latency takes FUNC, a function name)
+  --top N           with --tool calls/syscalls/offcpu/exceptions: show the first N rows
+                    (default 20)
+  -o FILE           with --tool: write the report to FILE instead of stdout
+  --list-tools      list the ready-made tools, and exit
   --bpftrace PATH   the bpftrace binary (default: bpftrace on PATH)
   --wait SECS       how long the target waits for bpftrace to attach before running
                     untraced (default {DEFAULT_WAIT:g})
@@ -81,6 +95,8 @@ examples:
   sudo {PROG} -e 'usdt:PYUSDT:pyusdt:PY_START {{ @[str(arg0)] = count(); }}' -- app.py
   sudo {PROG} -p 1234 sample.bt
   sudo {PROG} --ps
+  sudo {PROG} --tool calls --top 10 -- app.py
+  sudo {PROG} --tool latency handle_request -p 1234
 """
 
 # usdt:<lib>: or U:<lib>: where <lib> is PYUSDT, `*` / empty (with provider pyusdt), or
@@ -116,6 +132,10 @@ _MEMLOCK_ERROR = re.compile(r"^ERROR: .*couldn't set RLIMIT_MEMLOCK")
 
 class UsageError(Exception):
     pass
+
+
+class OneLineError(UsageError):
+    """A usage error reported in one line (no usage text after it)."""
 
 
 def _error(message: str) -> None:
@@ -162,6 +182,11 @@ class Options:
     ps: bool = False
     as_root: bool = False
     only: str | None = None
+    tool: str | None = None
+    func: str | None = None
+    top: int | None = None
+    output: str | None = None
+    list_tools: bool = False
     python_args: list[str] = field(default_factory=list)
 
 
@@ -175,14 +200,22 @@ def parse_args(argv: list[str]) -> Options:
         if arg in ("-h", "--help"):
             sys.stdout.write(HELP)
             sys.exit(0)
-        elif arg in ("--ps", "--as-root"):
+        elif arg in ("--ps", "--as-root", "--list-tools"):
             given.append(arg)
             if arg == "--ps":
                 opts.ps = True
+            elif arg == "--list-tools":
+                opts.list_tools = True
             else:
                 opts.as_root = True
-        elif name in ("--bpftrace", "--wait", "--only") or arg in ("-e", "-p"):
-            if not eq or arg in ("-e", "-p"):
+        elif opts.tool is not None and (arg in ("-m", "-c") or arg[:2] in ("-m", "-c")):
+            break  # the program: `--tool calls -m module`
+        elif name in ("--bpftrace", "--wait", "--tool", "--top", "--only") or arg in (
+            "-e",
+            "-p",
+            "-o",
+        ):
+            if not eq or arg in ("-e", "-p", "-o"):
                 if i + 1 >= len(argv):
                     raise UsageError(f"{arg} needs a value")
                 i += 1
@@ -200,6 +233,16 @@ def parse_args(argv: list[str]) -> Options:
                 if not value.strip(", "):
                     raise UsageError(f"invalid --only value: {value!r}")
                 opts.only = value
+            elif name == "--tool":
+                if value not in tools.TOOLS:
+                    raise OneLineError(f"unknown tool: {value!r} (tools: {', '.join(tools.TOOLS)})")
+                opts.tool = value
+            elif name == "--top":
+                if not value.isdigit() or int(value) <= 0:
+                    raise OneLineError(f"invalid --top value: {value!r} (a positive number)")
+                opts.top = int(value)
+            elif arg == "-o":
+                opts.output = value
             else:
                 try:
                     opts.wait = float(value)
@@ -212,16 +255,33 @@ def parse_args(argv: list[str]) -> Options:
             break
         elif arg.startswith("-") and arg != "-" and opts.program is None and opts.script is None:
             raise UsageError(f"unknown option: {arg}")
+        elif opts.tool is not None:
+            if tools.TOOLS[opts.tool].func and opts.func is None:
+                opts.func = arg
+            else:
+                break  # the program
         elif opts.program is None and opts.script is None:
             opts.script = arg
         else:
             break
         i += 1
     opts.python_args = argv[i:]
-    if opts.ps:
-        if len(given) > 1 or opts.script is not None or opts.python_args:
-            raise UsageError("--ps takes no other arguments")
-        return opts
+    for flag in ("--ps", "--list-tools"):
+        if flag in given:
+            if len(given) > 1 or opts.script is not None or opts.python_args:
+                raise UsageError(f"{flag} takes no other arguments")
+            return opts
+    if opts.tool is not None:
+        tool = tools.TOOLS[opts.tool]
+        if opts.script is not None or opts.program is not None:
+            raise OneLineError("--tool runs its own bpftrace program: no SCRIPT.bt or -e")
+        if tool.func and not opts.func:
+            raise OneLineError(f"--tool {tool.name} needs FUNC, the name of a function")
+        if opts.top is not None and not tool.top:
+            raise OneLineError(f"--top does not apply to --tool {tool.name}")
+        opts.program = tool.source()
+    elif "--top" in given or "-o" in given:
+        raise OneLineError(f"{'--top' if '--top' in given else '-o'} is for --tool")
     if opts.program is None and opts.script is None:
         raise UsageError("a bpftrace script or -e PROGRAM is required")
     if opts.pid is not None:
@@ -290,7 +350,9 @@ def _u(data: bytes, fmt: str, offset: int) -> tuple:
     return struct.unpack_from(fmt, data, offset)
 
 
-def stapsdt_semaphores(data: bytes, provider: str = "pyusdt") -> tuple[int, dict[str, int]]:
+def stapsdt_semaphores(
+    data: bytes, provider: str = "pyusdt", nargs: dict[str, int] | None = None
+) -> tuple[int, dict[str, int]]:
     """(link-time vaddr of the first PT_LOAD, {probe: link-time semaphore vaddr}) of an ELF.
 
     Reads the SystemTap SDT notes (section .note.stapsdt, note type 3): each note's
@@ -352,9 +414,13 @@ def stapsdt_semaphores(data: bytes, provider: str = "pyusdt") -> tuple[int, dict
         if ntype != 3 or data[name_at : name_at + namesz].rstrip(b"\0") != b"stapsdt":
             continue
         _pc, note_base, sem = _u(data, e + w * 3, desc_at)
-        prov, probe = data[desc_at + 3 * addr_size : desc_at + descsz].split(b"\0")[:2]
+        prov, probe, argspec = (
+            data[desc_at + 3 * addr_size : desc_at + descsz].split(b"\0") + [b""]
+        )[:3]
         if prov.decode(errors="replace") != provider or not sem:
             continue
+        if nargs is not None:  # "8@%rdi -4@%edx ...": one operand per argument
+            nargs[probe.decode(errors="replace")] = len(argspec.split())
         if base is not None:
             sem += base[2] - note_base
         found[probe.decode(errors="replace")] = sem
@@ -504,17 +570,35 @@ def _memcg_accounts_bpf() -> bool:
 
 
 class Tracer:
-    """bpftrace -p PID FILE, stdout shared with us; stderr passed on line by line, without
-    bpftrace 0.17's RLIMIT_MEMLOCK error where that limit does not matter."""
+    """bpftrace -p PID FILE [ARGS], stdout shared with us (or, for a tool, read line by
+    line into its Report); stderr passed on line by line, without bpftrace 0.17's
+    RLIMIT_MEMLOCK error where that limit does not matter."""
 
-    def __init__(self, bpftrace: str, pid: int, bt_file: str):
+    def __init__(
+        self,
+        bpftrace: str,
+        pid: int,
+        bt_file: str,
+        args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        report: tools.Report | None = None,
+    ):
         _raise_memlock()
+        self.report = report
         self.proc = subprocess.Popen(
-            [bpftrace, "-p", str(pid), bt_file], process_group=0, stderr=subprocess.PIPE
+            [bpftrace, "-p", str(pid), bt_file, *(args or [])],
+            process_group=0,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.PIPE if report is not None else None,
+            env=env,
         )
         self._drop_memlock = _memcg_accounts_bpf()
         self._copier = threading.Thread(target=self._copy_stderr, daemon=True)
         self._copier.start()
+        self._reader = None
+        if report is not None:
+            self._reader = threading.Thread(target=self._read_stdout, daemon=True)
+            self._reader.start()
 
     def _copy_stderr(self) -> None:
         assert self.proc.stderr is not None
@@ -525,12 +609,22 @@ class Tracer:
             out.write(line)
             out.flush()
 
+    def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None and self.report is not None
+        for line in self.proc.stdout:
+            self.report.feed(line.decode(errors="replace"))
+
     def poll(self) -> int | None:
         return self.proc.poll()
 
     def wait(self, timeout: float | None = None) -> int:
         status = self.proc.wait(timeout)
         self._copier.join()
+        if self._reader is not None:
+            self._reader.join()
+            self._reader = None
+            assert self.report is not None
+            self.report.finish()
         return status
 
     def stop(self, sig: int, grace: float) -> int:
@@ -582,6 +676,59 @@ def _write_program(tmpdir: str, script: str | None, program: str) -> str:
     return bt_file
 
 
+# -- tools -------------------------------------------------------------------------------------
+
+
+def library_probes(pid: int, lib: str) -> dict[str, int] | None:
+    """{probe: number of arguments} of the pyusdt probes in the library `lib` that process
+    `pid` mapped."""
+    for path in (probe_lib(pid, lib), lib):
+        nargs: dict[str, int] = {}
+        try:
+            with open(path, "rb") as f:
+                stapsdt_semaphores(f.read(), nargs=nargs)
+            return nargs
+        except (OSError, ValueError, struct.error, IndexError):
+            continue
+    return None
+
+
+@dataclass
+class _Setup:
+    """What bpftrace runs: the program, its positional parameters, environment, report."""
+
+    program: str
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] | None = None
+    report: tools.Report | None = None
+
+
+def _setup(opts: Options, pid: int, lib: str, program: str, on_ready=None, out=None) -> _Setup:
+    """For --tool: the tool's program without the optional probes `lib` lacks (a one-line
+    error, exit 2, if it lacks one the tool needs), and its report."""
+    program = rewrite_program(program, probe_lib(pid, lib))
+    if opts.tool is None:
+        return _Setup(program)
+    tool = tools.TOOLS[opts.tool]
+    try:
+        program = tools.adapt(tool, program, library_probes(pid, lib))
+    except tools.ToolError as exc:
+        raise OneLineError(f"{exc} (process {pid})") from None
+    report = tools.Report(tool, opts.top or tools.DEFAULT_TOP, out or sys.stdout, on_ready)
+    return _Setup(
+        program, tools.bpftrace_args(tool, opts.func, pid), tools.bpftrace_env(tool), report
+    )
+
+
+def _open_output(opts: Options):
+    if opts.output is None:
+        return None
+    try:
+        return open(opts.output, "w", encoding="utf-8")
+    except OSError as exc:
+        _fail(f"cannot write {opts.output}: {exc.strerror or exc}", 1)
+
+
 # -- run mode ----------------------------------------------------------------------------------
 
 
@@ -619,13 +766,26 @@ def invoking_user(as_root: bool) -> User | None:
     return User(int(uid), int(gid), groups, env)
 
 
-def _spawn_target(user: User | None, args: list[str]) -> subprocess.Popen:
+def _spawn_target(user: User | None, args: list[str], gate: int | None = None) -> subprocess.Popen:
+    """Start the target; with `gate` (a pipe's read end), it also waits for a byte (or
+    EOF) on that pipe before its first line (see _trace_boot.py)."""
     cmd = [sys.executable, _BOOT, *args]
+    env = user.env if user is not None else None
+    fds: tuple[int, ...] = ()
+    if gate is not None:
+        env = dict(env if env is not None else os.environ)
+        env["PYUSDT_TRACE_GATE"] = str(gate)
+        fds = (gate,)
     if user is None:
-        return subprocess.Popen(cmd)
+        return subprocess.Popen(cmd, env=env, pass_fds=fds)
     try:
         return subprocess.Popen(
-            cmd, user=user.uid, group=user.gid, extra_groups=user.groups, env=user.env
+            cmd,
+            user=user.uid,
+            group=user.gid,
+            extra_groups=user.groups,
+            env=env,
+            pass_fds=fds,
         )
     except PermissionError as exc:
         _fail(
@@ -684,18 +844,40 @@ def run(opts: Options, bpftrace: str, program: str) -> None:
     if opts.only is not None:
         # Read when the target loads pyusdt (not `--only`, which re-executes it).
         os.environ["PYUSDT_FILTER"] = opts.only
-    child = _spawn_target(invoking_user(opts.as_root), [*options, *opts.python_args])
+    # A tool's target also waits for the tool's BEGIN line (every probe attached).
+    gate_r, gate_w = os.pipe() if opts.tool is not None else (None, None)
+    gate = [gate_w]
+    gate_probes: list[str] = []
+
+    def release() -> None:
+        """Let the target run: its line names the probes it waits for (see _trace_boot)."""
+        if gate[0] is not None:
+            fd, gate[0] = gate[0], None
+            try:
+                os.write(fd, (",".join(gate_probes) + "\n").encode())
+            except OSError:
+                pass
+            os.close(fd)
+
+    out = _open_output(opts)
+    child = _spawn_target(invoking_user(opts.as_root), [*options, *opts.python_args], gate_r)
+    if gate_r is not None:
+        os.close(gate_r)
     tmpdir = None
     try:
         lib = _wait_for_lib(child, timeout=max(opts.wait or 0.0, 5.0))
         if lib is None:  # the target failed before loading pyusdt (it said why)
             _exit_like(child.wait())
-        tmpdir = tempfile.mkdtemp(prefix="pyusdt-trace-")
-        bt_file = _write_program(
-            tmpdir, opts.script, rewrite_program(program, probe_lib(child.pid, lib))
-        )
         try:
-            tracer = Tracer(bpftrace, child.pid, bt_file)
+            setup = _setup(opts, child.pid, lib, program, release, out)
+        except OneLineError as exc:
+            _stop(child, signal.SIGKILL, 1.0)
+            _fail(str(exc), 2)
+        gate_probes.extend(tools.probes_of(setup.program))
+        tmpdir = tempfile.mkdtemp(prefix="pyusdt-trace-")
+        bt_file = _write_program(tmpdir, opts.script, setup.program)
+        try:
+            tracer = Tracer(bpftrace, child.pid, bt_file, setup.args, setup.env, setup.report)
         except OSError as exc:
             _error(f"cannot run {bpftrace}: {exc.strerror or exc}")
             _stop(child, signal.SIGKILL, 1.0)
@@ -724,8 +906,11 @@ def run(opts: Options, bpftrace: str, program: str) -> None:
             tracer.wait(2.0)
         except subprocess.TimeoutExpired:
             tracer.stop(signal.SIGINT, 5.0)
+        if out is not None:
+            out.close()
         _exit_like(status)
     finally:
+        release()
         if child.poll() is None:
             _stop(child, signal.SIGKILL, 1.0)
         if tmpdir is not None:
@@ -745,7 +930,9 @@ def _running(pid: int) -> bool:
     return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] not in (b"Z", b"X")
 
 
-def attach(pid: int, lib: str, bpftrace: str, script: str | None, program: str) -> None:
+def attach(opts: Options, lib: str, bpftrace: str, program: str) -> None:
+    pid = opts.pid
+    assert pid is not None
     stop_requested: list[int] = []
 
     def request_stop(signum, _frame):
@@ -753,11 +940,15 @@ def attach(pid: int, lib: str, bpftrace: str, script: str | None, program: str) 
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
+    try:
+        setup = _setup(opts, pid, lib, program, out=_open_output(opts))
+    except OneLineError as exc:
+        _fail(str(exc), 2)
     tmpdir = tempfile.mkdtemp(prefix="pyusdt-trace-")
     try:
-        bt_file = _write_program(tmpdir, script, rewrite_program(program, probe_lib(pid, lib)))
+        bt_file = _write_program(tmpdir, opts.script, setup.program)
         try:
-            tracer = Tracer(bpftrace, pid, bt_file)
+            tracer = Tracer(bpftrace, pid, bt_file, setup.args, setup.env, setup.report)
         except OSError as exc:
             _fail(f"cannot run {bpftrace}: {exc.strerror or exc}", 1)
         gone_since = None
@@ -784,12 +975,17 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     try:
         opts = parse_args(argv)
+    except OneLineError as exc:
+        _fail(str(exc), 2)
     except UsageError as exc:
         _error(str(exc))
         sys.stderr.write(f"{USAGE}\nTry '{PROG} --help' for more information.\n")
         sys.exit(2)
     if opts.ps:
         _ps()
+        return
+    if opts.list_tools:
+        sys.stdout.write(tools.list_tools())
         return
     if opts.pid is not None and not os.path.exists(f"/proc/{opts.pid}"):
         _fail(f"no such process: {opts.pid}", 2)
@@ -826,7 +1022,7 @@ def main(argv: list[str] | None = None) -> None:
             " run it with `python -m pyusdt` or `import pyusdt`)",
             2,
         )
-    attach(opts.pid, lib, bpftrace, opts.script, program)
+    attach(opts, lib, bpftrace, program)
 
 
 if __name__ == "__main__":
