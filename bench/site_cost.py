@@ -6,6 +6,8 @@ traced by `bpftrace -p PID` with `/arg2 == 42/ { @ = count(); }` (the loops fire
 pyusdt also fires for the target's own Python code once the tracer is attached); a hit's cost is (traced - untraced) / N:
   nop1    bench/sdt_loop.c with a standard SDT site (a 1-byte nop): the reference
   nop5    bench/sdt_loop.c -DBENCH_NOP5 (a 5-byte nop)
+  nop1-py the nop1 site again, but in bench/site_call.c inside the Python process that
+          measures pyusdt (same threads and mappings as the pyusdt figure)
   pyusdt  pyusdt's own PY_START site, the one pyusdt fires on this kernel (found through
           its notes, called from bench/site_call.c inside a process that imported pyusdt);
           bpftrace attaches to both of the probe's locations, so its count also checks
@@ -36,7 +38,7 @@ TARGET = """\
 import ctypes, os, sys, time
 sys.path.insert(0, {tests!r})
 import pyusdt, rel_uprobe
-n, lib_c, wait = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
+n, lib_c, wait, ref = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "1", sys.argv[4] == "ref"
 lib = os.path.realpath(pyusdt.lib_path())
 site, sema = rel_uprobe.stapsdt_probes(lib)["PY_START"]  # virtual addresses
 def addr(vaddr):
@@ -47,10 +49,13 @@ def addr(vaddr):
             if len(f) >= 6 and f[5] == lib and int(f[2], 16) == 0:
                 return int(f[0].split("-")[0], 16) + vaddr
     raise SystemExit("library not mapped")
-loop = ctypes.CDLL(lib_c).site_loop
+bench = ctypes.CDLL(lib_c)
+loop = bench.site_loop
 loop.restype = ctypes.c_uint64
 loop.argtypes = [ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
-sema_addr = addr(sema)
+bench.ref_loop.restype = ctypes.c_uint64
+bench.ref_loop.argtypes = [ctypes.c_long]
+sema_addr = ctypes.addressof(ctypes.c_uint16.in_dll(bench, "bench_tick_semaphore")) if ref else addr(sema)
 print("PID", os.getpid(), flush=True)
 if wait:
     deadline = time.monotonic() + 120
@@ -59,7 +64,7 @@ if wait:
             raise SystemExit("no tracer attached")
         time.sleep(0.001)
     time.sleep(0.2)
-ns = loop(n, addr(site), sema_addr)
+ns = bench.ref_loop(n) if ref else loop(n, addr(site), sema_addr)
 print("LOOP_NS", ns, n, n, flush=True)
 """
 
@@ -78,13 +83,14 @@ def build(bin_dir: Path) -> None:
 
 
 def command(kind: str, bin_dir: Path, n: int, wait: bool) -> list[str]:
-    if kind == "pyusdt":
+    if kind in ("pyusdt", "nop1-py"):
         return [
             sys.executable,
             str(bin_dir / "site_target.py"),
             str(n),
             str(bin_dir / "site_call.so"),
             "1" if wait else "0",
+            "ref" if kind == "nop1-py" else "site",
         ]
     return [str(bin_dir / f"sdt_{kind}"), str(n), *(["--wait"] if wait else [])]
 
@@ -94,6 +100,8 @@ def program(kind: str, bin_dir: Path) -> str:
         import pyusdt
 
         return f"usdt:{pyusdt.lib_path()}:pyusdt:PY_START /arg2 == 42/ {{ @ = count(); }}"
+    if kind == "nop1-py":
+        return f"usdt:{bin_dir / 'site_call.so'}:bench:tick /arg2 == 42/ {{ @ = count(); }}"
     return f"usdt:{bin_dir / f'sdt_{kind}'}:bench:tick /arg2 == 42/ {{ @ = count(); }}"
 
 
@@ -146,7 +154,7 @@ def main() -> int:
             build(args.bin_dir)
         if args.build_only:
             return 0
-        kinds = ["nop1", "nop5", "pyusdt"]
+        kinds = ["nop1", "nop5", "nop1-py", "pyusdt"]
         costs: dict[str, list[float]] = {k: [] for k in kinds}
         for _ in range(args.runs):
             for kind in kinds:
@@ -160,9 +168,10 @@ def main() -> int:
         fired = "5-byte nop" if rel_uprobe.kernel_optimizes_uprobes() else "1-byte nop"
         print(f"kernel {os.uname().release}; pyusdt fires its {fired} site; n={args.n}, runs={args.runs}")
         for k in kinds:
-            print(f"  {k:7s} {med[k]:10.1f} ns/hit   samples {[round(c, 1) for c in costs[k]]}")
-        print(f"  pyusdt/nop1 {med['pyusdt'] / med['nop1']:.3f} (target <= 1.05)")
-        print(f"  nop5/nop1   {med['nop5'] / med['nop1']:.3f}")
+            print(f"  {k:8s} {med[k]:10.1f} ns/hit   samples {[round(c, 1) for c in costs[k]]}")
+        print(f"  pyusdt/nop1    {med['pyusdt'] / med['nop1']:.3f} (target <= 1.05)")
+        print(f"  pyusdt/nop1-py {med['pyusdt'] / med['nop1-py']:.3f} (same process)")
+        print(f"  nop5/nop1      {med['nop5'] / med['nop1']:.3f}")
         if args.json:
             args.json.write_text(
                 json.dumps({"kernel": os.uname().release, "fired": fired, "costs": costs}, indent=1)
