@@ -3,7 +3,8 @@
 
 Three sites, each fired N times in a C loop that checks its semaphore first, untraced and
 traced by `bpftrace -p PID` with `/arg2 == 42/ { @ = count(); }` (the loops fire line 42;
-pyusdt also fires for the target's own Python code once the tracer is attached); a hit's cost is (traced - untraced) / N:
+pyusdt also fires for the target's own Python code once the tracer is attached); a hit's
+cost is (traced - untraced) / N:
   nop1    bench/sdt_loop.c with a standard SDT site (a 1-byte nop): the reference
   nop5    bench/sdt_loop.c -DBENCH_NOP5 (a 5-byte nop)
   nop1-py the nop1 site again, but in bench/site_call.c inside the Python process that
@@ -28,7 +29,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -55,7 +55,10 @@ loop.restype = ctypes.c_uint64
 loop.argtypes = [ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
 bench.ref_loop.restype = ctypes.c_uint64
 bench.ref_loop.argtypes = [ctypes.c_long]
-sema_addr = ctypes.addressof(ctypes.c_uint16.in_dll(bench, "bench_tick_semaphore")) if ref else addr(sema)
+if ref:
+    sema_addr = ctypes.addressof(ctypes.c_uint16.in_dll(bench, "bench_tick_semaphore"))
+else:
+    sema_addr = addr(sema)
 print("PID", os.getpid(), flush=True)
 if wait:
     deadline = time.monotonic() + 120
@@ -166,7 +169,10 @@ def main() -> int:
         import rel_uprobe
 
         fired = "5-byte nop" if rel_uprobe.kernel_optimizes_uprobes() else "1-byte nop"
-        print(f"kernel {os.uname().release}; pyusdt fires its {fired} site; n={args.n}, runs={args.runs}")
+        print(
+            f"kernel {os.uname().release}; pyusdt fires its {fired} site;"
+            f" n={args.n}, runs={args.runs}"
+        )
         for k in kinds:
             print(f"  {k:8s} {med[k]:10.1f} ns/hit   samples {[round(c, 1) for c in costs[k]]}")
         print(f"  pyusdt/nop1    {med['pyusdt'] / med['nop1']:.3f} (target <= 1.05)")

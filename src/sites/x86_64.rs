@@ -265,7 +265,10 @@ mod tests {
 
     #[test]
     fn the_1_byte_sites_are_the_nop_and_the_choice_is_the_kernels() {
-        for site in [fire::py_start::nop1 as *const u8, fire::line::nop1 as *const u8] {
+        for site in [
+            fire::py_start::nop1 as *const u8,
+            fire::line::nop1 as *const u8,
+        ] {
             // SAFETY: the first byte of a site function in this binary's text.
             assert_eq!(unsafe { std::ptr::read_volatile(site) }, SITE_NOP1);
         }
