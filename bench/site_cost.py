@@ -61,12 +61,7 @@ else:
     sema_addr = addr(sema)
 print("PID", os.getpid(), flush=True)
 if wait:
-    deadline = time.monotonic() + 120
-    while ctypes.c_uint16.from_address(sema_addr).value == 0:
-        if time.monotonic() > deadline:
-            raise SystemExit("no tracer attached")
-        time.sleep(0.001)
-    time.sleep(0.2)
+    sys.stdin.readline()  # the harness's go: bpftrace has attached every location
 ns = bench.ref_loop(n) if ref else loop(n, addr(site), sema_addr)
 print("LOOP_NS", ns, n, n, flush=True)
 """
@@ -108,27 +103,48 @@ def program(kind: str, bin_dir: Path) -> str:
     return f"usdt:{bin_dir / f'sdt_{kind}'}:bench:tick /arg2 == 42/ {{ @ = count(); }}"
 
 
-def run_once(kind: str, bin_dir: Path, n: int, traced: bool) -> float:
-    target = subprocess.Popen(
-        command(kind, bin_dir, n, traced), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    assert target.stdout is not None
+def readline_raw(fd: int) -> str:
+    """One line, a byte at a time: a later communicate() reads the rest of the pipe."""
     line = b""
-    while not line.endswith(b"\n"):  # a byte at a time: communicate() reads the rest
-        b = os.read(target.stdout.fileno(), 1)
+    while not line.endswith(b"\n"):
+        b = os.read(fd, 1)
         if not b:
             break
         line += b
-    pid = int(line.split()[1])
+    return line.decode()
+
+
+def run_once(kind: str, bin_dir: Path, n: int, traced: bool) -> float:
+    target = subprocess.Popen(
+        command(kind, bin_dir, n, traced),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert target.stdout is not None
+    pid = int(readline_raw(target.stdout.fileno()).split()[1])
     bt = None
     if traced:
+        # The C loops wait for their semaphore (and 0.2 s more); the Python target for
+        # a line on stdin, sent once bpftrace ran BEGIN, i.e. attached both locations.
         bt = subprocess.Popen(
-            ["bpftrace", "-p", str(pid), "-e", program(kind, bin_dir)],
+            [
+                "bpftrace",
+                "-p",
+                str(pid),
+                "-e",
+                'BEGIN { printf("READY\\n"); } ' + program(kind, bin_dir),
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-    out, err = target.communicate(timeout=900)
+        assert bt.stdout is not None
+        while (line := readline_raw(bt.stdout.fileno())) != "READY\n":
+            if not line:
+                raise SystemExit(f"{kind}: bpftrace did not attach: {bt.communicate()[1]}")
+    out, err = target.communicate("\n", timeout=900)
     if target.returncode != 0:
         raise SystemExit(f"{kind}: target failed ({target.returncode}): {out} {err}")
     ns = int(next(ln for ln in out.splitlines() if ln.startswith("LOOP_NS")).split()[1])
