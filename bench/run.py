@@ -11,8 +11,9 @@ Figures (per Python version; 3.12, plus 3.13 when `matrix/provision --list` has 
   2 traced vs floor     traced time / (plain time + probe hits x uprobe cost); the hits
                         are bpftrace's count(), the uprobe cost per hit comes from
                         bench/sdt_loop.c traced vs untraced with the same action, its
-                        probe a standard SDT one (1-byte nop). pyusdt's sites are 5-byte
-                        nops, which Linux 6.18+ serves faster: the detail column also
+                        probe a standard SDT one (1-byte nop). pyusdt fires 5-byte-nop
+                        sites on Linux 6.18+, which serves them faster (1-byte ones
+                        elsewhere; bench/site_cost.py): the detail column also
                         gives the ratio to a floor built from the same C loop on such a
                         site ("nop5 floor")
   3 ours vs original    traced time, ours / pyusdt 0.1.1 (cp312 wheel; sdist elsewhere)

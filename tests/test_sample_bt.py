@@ -71,7 +71,8 @@ def rows(output: str, file: str) -> list[tuple[str, str, str]]:
 
 def check(output: str, file: str) -> None:
     lines = output.splitlines()
-    assert lines[0] == "Attaching 8 probes...", output[:500]  # 6 probes, BEGIN and END
+    # 6 probes at 2 locations each (their 1-byte and 5-byte nop sites), BEGIN and END.
+    assert lines[0] == "Attaching 14 probes...", output[:500]
     assert lines[1] == HEADER, output[:500]
     # (BEGIN's second line may come after events bpftrace read from another CPU's buffer.)
     assert ["EVENT", "INTP", "FUNCTION", "FILE", "DETAILS"] in [ln.split() for ln in lines]

@@ -1,13 +1,13 @@
-"""The probe sites (src/probes.rs, src/fork_sites.rs): one per probe, each a 5-byte nop,
-which Linux 6.18+ serves through its uprobe trampoline instead of an int3 trap; and a
-child forked while a tracer is attached gets its nops back (the kernel leaves the
-parent's `call` into a trampoline page that fork() does not copy: the child would crash
-at its first probe hit)."""
+"""The probe sites (src/sites/x86_64.rs, src/sites/fork_repair.rs): two per probe, a
+1-byte nop and a 5-byte nop, each with its note and the probe's one semaphore; pyusdt
+fires the 5-byte one where Linux (6.18+) serves it through its uprobe trampoline, the
+1-byte one where the kernel would single-step a 5-byte nop. A tracer attached to both
+sees each event exactly once. A child forked while a tracer is attached gets its nops
+back (the kernel leaves the parent's `call` into a trampoline page that fork() does not
+copy: the child would crash at its first probe hit)."""
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import sys
 import textwrap
 from pathlib import Path
@@ -23,20 +23,59 @@ import rel_uprobe  # noqa: E402
 NOP5 = bytes.fromhex("0f1f440000")
 
 
-def kernel_optimizes_uprobes() -> bool:
-    """Has this kernel the `uprobe` syscall (336) that its nop5 trampoline calls? Outside
-    a trampoline it fails with ENXIO; kernels without it say ENOSYS."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    return libc.syscall(336) == -1 and ctypes.get_errno() == errno.ENXIO
+NOP1 = b"\x90"
+kernel_optimizes_uprobes = rel_uprobe.kernel_optimizes_uprobes
 
 
-def test_every_probe_site_is_a_5_byte_nop():
-    offsets = rel_uprobe.probe_offsets(LIB)
-    assert sorted(offsets) == sorted(pyusdt.PROBES)
+def test_every_probe_has_a_1_byte_and_a_5_byte_nop_site_with_one_semaphore():
+    notes = rel_uprobe.stapsdt_notes(LIB)
+    assert sorted(notes) == sorted(pyusdt.PROBES)
     data = Path(LIB).read_bytes()
-    for name, (site, semaphore) in offsets.items():
-        assert data[site : site + 5] == NOP5, (name, data[site : site + 5].hex())
-        assert semaphore, name
+    for name, sites in notes.items():
+        assert len(sites) == 2, (name, sites)
+        (site1, sema1), (site5, sema5) = sites
+        assert data[site1 : site1 + 1] == NOP1, (name, data[site1 : site1 + 5].hex())
+        assert data[site5 : site5 + 5] == NOP5, (name, data[site5 : site5 + 5].hex())
+        assert sema1 == sema5 != 0, name
+        # The 5-byte nop never straddles a page (the 6.18 optimizer refuses such sites).
+        assert site5 % 4096 + 5 <= 4096, name
+
+
+def test_a_tracer_on_both_sites_counts_each_event_once(tmp_path):
+    script = tmp_path / "calls.py"
+    script.write_text(
+        textwrap.dedent(
+            """\
+            import os, sys
+            import pyusdt
+            def work():
+                pass
+            print("PID", os.getpid(), flush=True)
+            sys.stdin.readline()
+            pyusdt.wait_for_tracer(30, probes=["PY_START"])
+            for _ in range(300):
+                work()
+            """
+        )
+    )
+    target = spawn(script)
+    try:
+        assert target.stdout is not None
+        pid = int(readline_raw(target.stdout).split()[1])
+        bt = attach_bpftrace(
+            pid,
+            'usdt:PYUSDT:pyusdt:PY_START /str(arg0) == "work"/ { @[probe, reg("ip")] = count(); }',
+        )
+        go(target)
+        _, err = finish(target)
+        out, _ = finish(bt)
+    finally:
+        if target.poll() is None:
+            target.kill()
+    assert target.returncode == 0, err
+    counts = [int(ln.rsplit(":", 1)[1]) for ln in out.splitlines() if ln.startswith("@[")]
+    # One location was hit, 300 times; the other never.
+    assert counts == [300], out
 
 
 TARGET = """\
@@ -101,7 +140,8 @@ def test_child_forked_under_a_tracer_gets_its_nops_back(tmp_path):
         assert parent[0] in (0xE8, 0xE9), parent.hex()
         assert lines["CHILD"] == NOP5.hex()
     else:
-        # An int3, which the kernel handles in the child too.
-        assert parent[0] == 0xCC and parent[1:] == NOP5[1:], parent.hex()
-        assert lines["CHILD"] in (NOP5.hex(), parent.hex())
+        # An int3 on the 1-byte site, which the kernel handles in the child too.
+        original = NOP1 + parent[1:]
+        assert parent[0] == 0xCC, parent.hex()
+        assert lines["CHILD"] in (original.hex(), parent.hex())
     assert lines["CHILD-EXIT"] == "0", err

@@ -6,7 +6,9 @@
 //! or a C program's) before the child runs anything else, writes the `nop`s
 //! back (through `/proc/self/mem`, as a debugger pokes code); if it cannot,
 //! it switches the probes off in that process, which then stays untraced
-//! but safe.
+//! but safe. Only the 5-byte sites are repaired: the kernel never rewrites
+//! a 1-byte site into anything but its own int3, which it handles in the
+//! child as in the parent.
 
 use std::sync::Once;
 

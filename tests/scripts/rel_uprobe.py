@@ -11,6 +11,7 @@ of the thread it was opened for (`Uprobe.count()`).
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import struct
 
@@ -28,24 +29,56 @@ def _vaddr_to_offset(phdrs: list[tuple[int, int, int, int]], vaddr: int) -> int:
     raise ValueError(f"address {vaddr:#x} is in no PT_LOAD segment")
 
 
+def kernel_optimizes_uprobes() -> bool:
+    """Has this kernel the `uprobe` syscall (336) that its nop5 trampoline calls? Outside
+    a trampoline it fails with ENXIO; kernels without it say ENOSYS. pyusdt fires its
+    5-byte-nop sites then, its 1-byte-nop sites otherwise."""
+    _libc.syscall.restype = ctypes.c_long
+    return _libc.syscall(336) == -1 and ctypes.get_errno() == errno.ENXIO
+
+
+def stapsdt_notes(lib: str, provider: str = "pyusdt") -> dict[str, list[tuple[int, int]]]:
+    """{probe name: [(file offset of a site, file offset of its semaphore or 0), ...]}: every
+    note of each probe (pyusdt has two, a 1-byte-nop and a 5-byte-nop site)."""
+    notes, phdrs = _read(lib, provider)
+    return {
+        name: [
+            (_vaddr_to_offset(phdrs, pc), _vaddr_to_offset(phdrs, sema) if sema else 0)
+            for pc, sema in sites
+        ]
+        for name, sites in notes.items()
+    }
+
+
+def _fired(lib: str, provider: str) -> dict[str, int]:
+    """{probe name: index in its notes of the site pyusdt fires on this kernel}."""
+    want = 5 if kernel_optimizes_uprobes() else 1
+    with open(lib, "rb") as f:
+        data = f.read()
+    fired = {}
+    for name, sites in stapsdt_notes(lib, provider).items():
+        lengths = [5 if data[off] == 0x0F else 1 for off, _ in sites]
+        fired[name] = lengths.index(want) if want in lengths else 0
+    return fired
+
+
 def stapsdt_probes(lib: str, provider: str = "pyusdt") -> dict[str, tuple[int, int]]:
-    """{probe name: (virtual address of the probe, of its semaphore or 0)} of a 64-bit
-    little-endian ELF, read from its `.note.stapsdt` notes."""
-    return _read(lib, provider)[0]
+    """{probe name: (virtual address of the site fired on this kernel, of its semaphore
+    or 0)} of a 64-bit little-endian ELF, read from its `.note.stapsdt` notes."""
+    fired = _fired(lib, provider)
+    return {name: sites[fired[name]] for name, sites in _read(lib, provider)[0].items()}
 
 
 def probe_offsets(lib: str, provider: str = "pyusdt") -> dict[str, tuple[int, int]]:
-    """{probe name: (file offset of the probe, file offset of its semaphore)} of a 64-bit ELF."""
-    probes, phdrs = _read(lib, provider)
-    return {
-        name: (_vaddr_to_offset(phdrs, pc), _vaddr_to_offset(phdrs, sema) if sema else 0)
-        for name, (pc, sema) in probes.items()
-    }
+    """{probe name: (file offset of the site fired on this kernel, file offset of its
+    semaphore)} of a 64-bit ELF."""
+    fired = _fired(lib, provider)
+    return {name: sites[fired[name]] for name, sites in stapsdt_notes(lib, provider).items()}
 
 
 def _read(
     lib: str, provider: str
-) -> tuple[dict[str, tuple[int, int]], list[tuple[int, int, int, int]]]:
+) -> tuple[dict[str, list[tuple[int, int]]], list[tuple[int, int, int, int]]]:
     with open(lib, "rb") as f:
         data = f.read()
     if data[:5] != b"\x7fELF\x02" or data[5] != 1:
@@ -74,7 +107,7 @@ def _read(
     by_name = {sname(s[0]): s for s in sections}
     base_addr = by_name[".stapsdt.base"][1] if ".stapsdt.base" in by_name else None
     _, _, note_off, note_size = by_name[".note.stapsdt"]
-    probes: dict[str, tuple[int, int]] = {}
+    probes: dict[str, list[tuple[int, int]]] = {}
     pos, end = note_off, note_off + note_size
     while pos < end:
         namesz, descsz, ntype = struct.unpack_from("<III", data, pos)
@@ -93,7 +126,7 @@ def _read(
             pc += base_addr - base
             if sema:
                 sema += base_addr - base
-        probes[name.decode()] = (pc, sema)
+        probes.setdefault(name.decode(), []).append((pc, sema))
     return probes, phdrs
 
 
