@@ -324,6 +324,6 @@ mod tests {
         let errno = std::io::Error::last_os_error().raw_os_error();
         assert_eq!(optimized(), rc == -1 && errno == Some(libc::ENXIO));
         // Firing either way is a plain call that returns.
-        fire::line(0, 0, 1, 0);
+        fire::line(0, 0, 1, 0, 0);
     }
 }
