@@ -43,6 +43,7 @@ PROBES = (
 )
 # How long the attached set must stay unchanged before `wait_for_tracer`
 # without explicit probes considers the tracer fully attached.
+_PARTIAL_SETTLE = 1.0
 _SETTLE = 0.05
 
 
@@ -65,16 +66,23 @@ def wait_for_tracer(timeout: float, probes: Iterable[str] | None = None) -> bool
     if wanted is not None and not wanted <= set(PROBES):
         raise ValueError(f"unknown probe name(s): {sorted(wanted - set(PROBES))}")
     deadline = time.monotonic() + timeout
-    stable_since = None
-    last: list[str] = []
+    stable_since = 0.0
+    last: tuple[list[str], list[str]] = ([], [])
     while True:
         st = status()
         enabled = set(st["enabled"])
         if (wanted <= enabled) if wanted is not None else bool(enabled):
             now = time.monotonic()
-            if st["attached"] != last or enabled != set(st["attached"]):
-                last, stable_since = st["attached"], now
-            elif now - stable_since >= _SETTLE:
+            seen = (st["attached"], st["patched"])
+            if seen != last or enabled != set(st["attached"]):
+                last, stable_since = seen, now
+            # Every location of every attached probe patched: the tracer is done
+            # (a probe's semaphore rises with its first location, and each probe
+            # has a site per kind, see the README). A client that attaches only
+            # some locations is waited for a while longer instead.
+            elif now - stable_since >= (
+                _SETTLE if set(st["attached"]) <= set(st["patched"]) else _PARTIAL_SETTLE
+            ):
                 return True
         remaining = deadline - time.monotonic()
         if remaining <= 0:

@@ -348,13 +348,14 @@ unsafe fn status_dict(st: &State) -> *mut ffi::PyObject {
             Some(t) => ffi::PyLong_FromLong(t as _),
             None => ffi::Py_NewRef(ffi::Py_None()),
         };
-        let items: [(&CStr, *mut ffi::PyObject); 7] = [
+        let items: [(&CStr, *mut ffi::PyObject); 8] = [
             (c"tool_id", tool),
             (
                 c"poll_msec",
                 ffi::PyLong_FromUnsignedLongLong(config::get().check_msec),
             ),
             (c"attached", list_of(&sites::names(sites::attached_mask()))),
+            (c"patched", list_of(&sites::names(sites::patched_mask()))),
             (
                 c"enabled",
                 list_of(&sites::names(st.enabled.load(Ordering::Acquire))),

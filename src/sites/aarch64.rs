@@ -11,7 +11,6 @@ use super::Probe;
 
 /// The instruction at every probe site, `nop` (0xd503201f, little-endian),
 /// checked by the unit tests.
-#[cfg_attr(not(test), allow(dead_code))]
 pub const SITE_NOP: [u8; 4] = [0x1f, 0x20, 0x03, 0xd5];
 
 /// One probe site function: `$probe` is the probe name, `$args` the note's
@@ -162,8 +161,14 @@ unsafe extern "C" {
     static __pyusdt_site_C_RAISE: [u8; 4];
 }
 
+/// Is the site of `probe` patched by a tracer (a `brk` instead of the `nop`)?
+pub fn patched(probe: Probe) -> bool {
+    // SAFETY: a probe site's 4 bytes in this library's mapped text, read
+    // (volatile: the kernel rewrites them) and never written.
+    unsafe { std::ptr::read_volatile(sites()[probe as usize]) != SITE_NOP }
+}
+
 /// The address of every probe site's `nop`, in probe order.
-#[cfg_attr(not(test), allow(dead_code))]
 pub fn sites() -> [*const [u8; 4]; Probe::COUNT] {
     // Only the addresses are taken; nothing is read here.
     [

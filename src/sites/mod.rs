@@ -158,6 +158,15 @@ pub fn switch_off() {
     SITES_OFF.store(true, Ordering::Relaxed);
 }
 
+/// The mask of probes every site of which a tracer has patched right now
+/// (what `--wait` waits for: the semaphore rises at a probe's first location).
+pub fn patched_mask() -> u32 {
+    Probe::ALL
+        .iter()
+        .filter(|p| arch::patched(**p))
+        .fold(0, |m, p| m | p.bit())
+}
+
 /// The mask of probes that are attached right now.
 pub fn attached_mask() -> u32 {
     Probe::ALL

@@ -42,7 +42,6 @@ use super::Probe;
 pub const SITE_NOP: [u8; 5] = [0x0f, 0x1f, 0x44, 0x00, 0x00];
 
 /// The instruction at every 1-byte probe site, `nop`.
-#[cfg(test)]
 pub const SITE_NOP1: u8 = 0x90;
 
 /// x86_64's `uprobe` system call (Linux 6.18+), which the kernel's uprobe
@@ -305,6 +304,36 @@ pub fn sites() -> [*const [u8; 5]; Probe::COUNT] {
         addr_of!(__pyusdt_site_C_RAISE),
     ]
 }
+
+/// Is every site of `probe` patched by a tracer (its first byte no longer
+/// the `nop`'s: an int3, or on 6.18 a call into the trampoline)? A tracer
+/// attaches the probe's locations one after the other.
+pub fn patched(probe: Probe) -> bool {
+    let one = SITES1[probe as usize];
+    let five = sites()[probe as usize];
+    // SAFETY: the first bytes of two probe sites in this library's mapped
+    // text, read (volatile: the kernel rewrites them) and never written.
+    unsafe {
+        std::ptr::read_volatile(one) != SITE_NOP1 && std::ptr::read_volatile(five)[0] != SITE_NOP[0]
+    }
+}
+
+/// The 1-byte sites, in probe order: each is its function's first byte.
+const SITES1: [*const u8; Probe::COUNT] = [
+    fire::py_start::nop1 as *const u8,
+    fire::py_resume::nop1 as *const u8,
+    fire::py_return::nop1 as *const u8,
+    fire::py_yield::nop1 as *const u8,
+    fire::call::nop1 as *const u8,
+    fire::line::nop1 as *const u8,
+    fire::py_unwind::nop1 as *const u8,
+    fire::py_throw::nop1 as *const u8,
+    fire::raise::nop1 as *const u8,
+    fire::reraise::nop1 as *const u8,
+    fire::exception_handled::nop1 as *const u8,
+    fire::c_return::nop1 as *const u8,
+    fire::c_raise::nop1 as *const u8,
+];
 
 #[cfg(test)]
 mod tests {
