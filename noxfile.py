@@ -1,12 +1,12 @@
 """noxfile.py -- owned by the test-matrix work (matrix/ + noxfile.py).
 
 Sessions:
-  tests-3.12, tests-3.13, tests-3.13t  always defined (fail loudly if not provisioned)
-  tests-3.14, tests-3.14t              only when `matrix/provision --list` reports them
+  tests-3.12, tests-3.13, tests-3.13t, tests-3.14, tests-3.14t, tests-3.15, tests-3.15t
+                                       all required: always defined, fail loudly if not provisioned
   lint                                 cargo clippy -D warnings, cargo fmt --check, ruff
   bench                                python bench/run.py (3.12 venv, project installed)
 
-`nox` with no arguments runs the tests-* sessions of the provisioned versions plus lint.
+`nox` with no arguments runs every tests-* session plus lint.
 
 Interpreter paths come from `matrix/provision --list` ("VERSION PATH" lines); this file
 never builds interpreters, run `matrix/provision` (or `bash matrix/test`) first.
@@ -26,8 +26,7 @@ import nox
 
 ROOT = Path(__file__).resolve().parent
 PROVISION = ROOT / "matrix" / "provision"
-REQUIRED = ("3.12", "3.13", "3.13t")
-OPTIONAL = ("3.14", "3.14t")
+REQUIRED = ("3.12", "3.13", "3.13t", "3.14", "3.14t", "3.15", "3.15t")
 BUILD_REQS = ("maturin>=1.7,<2", "pytest", "coverage")
 # uWSGI has no wheels on PyPI: pip builds it from source (~30 s) once per interpreter and
 # keeps the wheel in its cache (~/.cache/pip/wheels), so later fresh venvs reuse it.
@@ -93,9 +92,8 @@ def _make_tests_session(version: str) -> None:
         session.run("pytest", "-v", "tests", *session.posargs)
 
 
-for _version in REQUIRED + OPTIONAL:
-    if _version in REQUIRED or _version in INTERPRETERS:
-        _make_tests_session(_version)
+for _version in REQUIRED:
+    _make_tests_session(_version)
 
 
 @nox.session(python=PY312 if PY312 else False, venv_backend="venv" if PY312 else "none")
@@ -123,6 +121,4 @@ def bench(session: nox.Session) -> None:
     session.run("python", "bench/run.py", *session.posargs)
 
 
-nox.options.sessions = [
-    f"tests-{v}" for v in REQUIRED + OPTIONAL if v in INTERPRETERS or v in REQUIRED
-] + ["lint"]
+nox.options.sessions = [f"tests-{v}" for v in REQUIRED] + ["lint"]
