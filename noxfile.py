@@ -3,7 +3,8 @@
 Sessions:
   tests-3.12, tests-3.13, tests-3.13t, tests-3.14, tests-3.14t, tests-3.15, tests-3.15t
                                        all required: always defined, fail loudly if not provisioned
-  lint                                 cargo clippy -D warnings, cargo fmt --check, ruff
+  lint                                 cargo clippy -D warnings and cargo fmt --check (both
+                                       Cargo manifests), ruff
   bench                                python bench/run.py (3.12 venv, project installed)
 
 `nox` with no arguments runs every tests-* session plus lint.
@@ -26,6 +27,9 @@ import nox
 
 ROOT = Path(__file__).resolve().parent
 PROVISION = ROOT / "matrix" / "provision"
+# The second Cargo manifest (PyO3 0.30, CPython >= 3.15); build_backend/pyusdt_backend.py
+# picks it for `pip install .` on those interpreters.
+PYO3_030_MANIFEST = "manifests/pyo3-0.30/Cargo.toml"
 REQUIRED = ("3.12", "3.13", "3.13t", "3.14", "3.14t", "3.15", "3.15t")
 BUILD_REQS = ("maturin>=1.7,<2", "pytest", "coverage")
 # uWSGI has no wheels on PyPI: pip builds it from source (~30 s) once per interpreter and
@@ -101,12 +105,27 @@ def lint(session: nox.Session) -> None:
     """cargo clippy (-D warnings), cargo fmt --check, ruff check, ruff format --check."""
     _require(session, "3.12")
     session.install("ruff")
-    # pyo3's build script needs an interpreter; pin it to the provisioned 3.12.
-    cargo_env = {"PYO3_PYTHON": str(PY312)}
-    session.run(
-        "cargo", "clippy", "--all-targets", "--", "-D", "warnings", external=True, env=cargo_env
-    )
-    session.run("cargo", "fmt", "--check", external=True)
+    # Both manifests (see build_backend/pyusdt_backend.py), each with an interpreter it
+    # supports: pyo3's build script needs one (3.12 for PyO3 0.28, 3.15 for PyO3 0.30,
+    # so the Py_3_15 code paths are linted too).
+    _require(session, "3.15")
+    for manifest, python in (
+        ("Cargo.toml", PY312),
+        (PYO3_030_MANIFEST, INTERPRETERS["3.15"]),
+    ):
+        session.run(
+            "cargo",
+            "clippy",
+            "--manifest-path",
+            manifest,
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+            external=True,
+            env={"PYO3_PYTHON": str(python)},
+        )
+        session.run("cargo", "fmt", "--check", "--manifest-path", manifest, external=True)
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 
