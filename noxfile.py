@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent
 PROVISION = ROOT / "matrix" / "provision"
 # The second Cargo manifest (PyO3 0.30, CPython >= 3.15); build_backend/pyusdt_backend.py
 # picks it for `pip install .` on those interpreters.
-PYO3_030_MANIFEST = "manifests/pyo3-0.30/Cargo.toml"
+PYO3_030_MANIFEST = "pyo3-0.30/Cargo.toml"
 REQUIRED = ("3.12", "3.13", "3.13t", "3.14", "3.14t", "3.15", "3.15t")
 BUILD_REQS = ("maturin>=1.7,<2", "pytest", "coverage")
 # uWSGI has no wheels on PyPI: pip builds it from source (~30 s) once per interpreter and

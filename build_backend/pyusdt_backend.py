@@ -7,12 +7,15 @@ CPython only up to 3.14 (3.15 only as an "experimental ABI" build), PyO3 0.29 dr
 declare `links = "python"`, so not even as optional renamed dependencies), so there are
 two manifests over one source tree:
 
-  Cargo.toml                    PyO3 0.28.x, for CPython <= 3.14 (incl. 3.13t, 3.14t)
-  manifests/pyo3-0.30/Cargo.toml  PyO3 0.30.x, for CPython >= 3.15 (3.15, 3.15t);
-                                same src/, build.rs and dependencies, own Cargo.lock
+  Cargo.toml            PyO3 0.28.x, for CPython <= 3.14 (incl. 3.13t, 3.14t)
+  pyo3-0.30/Cargo.toml  PyO3 0.30.x, for CPython >= 3.15 (3.15, 3.15t);
+                        same src/, build.rs and dependencies, own Cargo.lock
+
+(The second manifest sits one level below the root on purpose: given `--manifest-path`,
+maturin looks for pyproject.toml only up to the parent of that manifest's workspace root.)
 
 This module only picks the manifest and hands over to maturin's own backend: it adds
-`--manifest-path manifests/pyo3-0.30/Cargo.toml` to maturin's build arguments when the
+`--manifest-path pyo3-0.30/Cargo.toml` to maturin's build arguments when the
 target interpreter is 3.15 or newer. The target is the interpreter running this backend
 (as for maturin itself), or the one given with `-i`/`--interpreter` in the maturin
 arguments (config setting `maturin.build-args` or `MATURIN_PEP517_ARGS`). An explicit
@@ -37,7 +40,7 @@ from maturin import (  # noqa: F401  (re-exported PEP 517 hooks that need no man
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PYO3_030_MANIFEST = os.path.join("manifests", "pyo3-0.30", "Cargo.toml")
+PYO3_030_MANIFEST = os.path.join("pyo3-0.30", "Cargo.toml")
 # The first CPython minor version that needs the PyO3 0.30 manifest.
 PYO3_030_FROM = (3, 15)
 
