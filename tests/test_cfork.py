@@ -27,6 +27,10 @@ SCRIPTS = Path(__file__).parent / "scripts"
 PANIC = ("panicked", "threads should not terminate", "RUST_BACKTRACE")
 # CPython 3.13.0 (gh-126914): pyusdt does not enter subinterpreters there.
 IS_3130 = sys.version_info[:3] == (3, 13, 0)
+# From 3.15 CPython warns at exit about subinterpreters left open, as the fork child's is.
+SUB_LEFT_OPEN = (
+    "<sys>:0: RuntimeWarning: remaining subinterpreters; close them with Interpreter.close()\n"
+)
 
 WORK_PROGRAM = """
 usdt:PYUSDT:pyusdt:PY_START /str(arg0) == "child_work" || str(arg0) == "thread_work"/ {
@@ -168,7 +172,7 @@ def test_cfork_child_exits_as_without_pyusdt(tmp_path, where):
     assert plain == (
         0,
         "parent 285\nchild 328350\nchild done\nstatus 3\nparent done\n",
-        "",
+        SUB_LEFT_OPEN if where == "sub" and sys.version_info >= (3, 15) else "",
     ), plain  # the reference itself
     code, out, err = run_untraced(script, "pyusdt", where)
     no_panic(out, err)
