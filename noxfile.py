@@ -1,15 +1,16 @@
 """noxfile.py -- owned by the test-matrix work (matrix/ + noxfile.py).
 
 Sessions:
-  tests-3.12, tests-3.13, tests-3.13t  always defined (fail loudly if not provisioned)
-  tests-3.14, tests-3.14t              only when `matrix/provision --list` reports them
-  lint                                 cargo clippy -D warnings, cargo fmt --check, ruff
+  tests-3.12, tests-3.13, tests-3.13t, tests-3.14, tests-3.14t, tests-3.15, tests-3.15t
+                                       all required: always defined, fail loudly if not provisioned
+  lint                                 cargo clippy -D warnings and cargo fmt --check (both
+                                       Cargo manifests), ruff
   bench                                python bench/run.py (3.12 venv, project installed)
   wheels                               one manylinux2014 wheel per provisioned interpreter
                                        and architecture (x86_64, aarch64; maturin --zig) into
                                        dist/wheels, the x86_64 ones install-tested
 
-`nox` with no arguments runs the tests-* sessions of the provisioned versions plus lint.
+`nox` with no arguments runs every tests-* session plus lint.
 
 Interpreter paths come from `matrix/provision --list` ("VERSION PATH" lines); this file
 never builds interpreters, run `matrix/provision` (or `bash matrix/test`) first.
@@ -29,8 +30,10 @@ import nox
 
 ROOT = Path(__file__).resolve().parent
 PROVISION = ROOT / "matrix" / "provision"
-REQUIRED = ("3.12", "3.13", "3.13t")
-OPTIONAL = ("3.14", "3.14t")
+# The second Cargo manifest (PyO3 0.30, CPython >= 3.15); build_backend/pyusdt_backend.py
+# picks it for `pip install .` on those interpreters.
+PYO3_030_MANIFEST = "pyo3-0.30/Cargo.toml"
+REQUIRED = ("3.12", "3.13", "3.13t", "3.14", "3.14t", "3.15", "3.15t")
 BUILD_REQS = ("maturin>=1.7,<2", "pytest", "coverage")
 # uWSGI has no wheels on PyPI: pip builds it from source (~30 s) once per interpreter and
 # keeps the wheel in its cache (~/.cache/pip/wheels), so later fresh venvs reuse it.
@@ -96,9 +99,8 @@ def _make_tests_session(version: str) -> None:
         session.run("pytest", "-v", "tests", *session.posargs)
 
 
-for _version in REQUIRED + OPTIONAL:
-    if _version in REQUIRED or _version in INTERPRETERS:
-        _make_tests_session(_version)
+for _version in REQUIRED:
+    _make_tests_session(_version)
 
 
 @nox.session(python=PY312 if PY312 else False, venv_backend="venv" if PY312 else "none")
@@ -106,18 +108,33 @@ def lint(session: nox.Session) -> None:
     """cargo clippy (-D warnings), cargo fmt --check, ruff check, ruff format --check."""
     _require(session, "3.12")
     session.install("ruff")
-    # pyo3's build script needs an interpreter; pin it to the provisioned 3.12.
-    cargo_env = {"PYO3_PYTHON": str(PY312)}
-    session.run(
-        "cargo", "clippy", "--all-targets", "--", "-D", "warnings", external=True, env=cargo_env
-    )
+    # Both manifests (see build_backend/pyusdt_backend.py), each with an interpreter it
+    # supports: pyo3's build script needs one (3.12 for PyO3 0.28, 3.15 for PyO3 0.30,
+    # so the Py_3_15 code paths are linted too).
+    _require(session, "3.15")
+    for manifest, python in (
+        ("Cargo.toml", PY312),
+        (PYO3_030_MANIFEST, INTERPRETERS["3.15"]),
+    ):
+        session.run(
+            "cargo",
+            "clippy",
+            "--manifest-path",
+            manifest,
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+            external=True,
+            env={"PYO3_PYTHON": str(python)},
+        )
+        session.run("cargo", "fmt", "--check", "--manifest-path", manifest, external=True)
     # The aarch64 probe sites (src/sites/aarch64.rs) are linted by cross-checking.
     session.run("rustup", "target", "add", AARCH64, external=True)
     session.run(
         "cargo", "clippy", "--all-targets", "--target", AARCH64, "--", "-D", "warnings",
         external=True, env={"PYO3_CROSS_PYTHON_VERSION": "3.12"},
     )  # fmt: skip
-    session.run("cargo", "fmt", "--check", external=True)
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 
@@ -134,6 +151,12 @@ def bench(session: nox.Session) -> None:
 
 WHEEL_REQS = ("maturin>=1.7,<2", "ziglang")
 AARCH64 = "aarch64-unknown-linux-gnu"
+
+
+def _manifest_args(version: str) -> list[str]:
+    """The manifest whose PyO3 supports `version` (as build_backend/pyusdt_backend.py picks)."""
+    minor = int(version.rstrip("t").split(".")[1])
+    return ["--manifest-path", PYO3_030_MANIFEST] if minor >= 15 else []
 
 
 @nox.session(python=PY312 if PY312 else False, venv_backend="venv" if PY312 else "none")
@@ -153,14 +176,14 @@ def wheels(session: nox.Session) -> None:
             old.unlink()
     # A target directory of their own: zig-linked objects never mix with the others.
     env = {"CARGO_TARGET_DIR": str(ROOT / "target" / "wheels")}
-    for version in REQUIRED + OPTIONAL:
+    for version in REQUIRED:
         path = INTERPRETERS.get(version)
         if path is None:
             continue
         before = set(out.glob("*.whl"))
         session.run(
             "maturin", "build", "--release", "--zig", "--compatibility", "manylinux2014",
-            "--interpreter", path, "--out", str(out), env=env,
+            *_manifest_args(version), "--interpreter", path, "--out", str(out), env=env,
         )  # fmt: skip
         built = sorted(set(out.glob("*.whl")) - before)
         if len(built) != 1:
@@ -170,16 +193,15 @@ def wheels(session: nox.Session) -> None:
     # checked by maturin's manylinux audit; not install-tested here (no aarch64 machine).
     # maturin cross-builds free-threaded interpreters only from 3.14 on: no 3.13t wheel.
     session.run("rustup", "target", "add", AARCH64, external=True)
-    for version in REQUIRED + OPTIONAL:
+    for version in REQUIRED:
         if version not in INTERPRETERS or version == "3.13t":
             continue
         session.run(
             "maturin", "build", "--release", "--zig", "--compatibility", "manylinux2014",
-            "--target", AARCH64, "--interpreter", f"python{version}", "--out", str(out),
+            "--target", AARCH64, *_manifest_args(version),
+            "--interpreter", f"python{version}", "--out", str(out),
             env=env,
         )  # fmt: skip
 
 
-nox.options.sessions = [
-    f"tests-{v}" for v in REQUIRED + OPTIONAL if v in INTERPRETERS or v in REQUIRED
-] + ["lint", "wheels"]
+nox.options.sessions = [f"tests-{v}" for v in REQUIRED] + ["lint", "wheels"]

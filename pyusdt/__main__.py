@@ -179,6 +179,10 @@ def _is_importer_path(path: str) -> bool:
     return importer is not None
 
 
+# A script's or stdin's `__main__` has `__cached__ = None` up to 3.14; 3.15 no longer sets it.
+_CACHED: dict[str, object] = {"__cached__": None} if sys.version_info < (3, 15) else {}
+
+
 def _fresh_main(**attrs: object) -> dict:
     """Install a new, empty `__main__` module (as python starts with) and return its dict."""
     main = types.ModuleType("__main__")
@@ -224,7 +228,7 @@ def _run(wait: Callable[[], None], kind: str, target: str, args: list[str]) -> N
     if kind == "stdin":
         sys.argv[:] = ["-", *args]
         _set_path0("")
-        globs = _fresh_main(__file__="<stdin>", __cached__=None)
+        globs = _fresh_main(__file__="<stdin>", **_CACHED)
         code = compile(sys.stdin.buffer.read(), "<stdin>", "exec", dont_inherit=True)
         wait()
         exec(code, globs)
@@ -256,13 +260,13 @@ def _run(wait: Callable[[], None], kind: str, target: str, args: list[str]) -> N
     _set_path0(os.path.dirname(os.path.realpath(target)))
     if filename.endswith(".pyc") or source[:4] == importlib.util.MAGIC_NUMBER:
         loader = importlib.machinery.SourcelessFileLoader("__main__", filename)
-        globs = _fresh_main(__file__=filename, __cached__=None, __loader__=loader)
+        globs = _fresh_main(__file__=filename, **_CACHED, __loader__=loader)
         if source[:4] != importlib.util.MAGIC_NUMBER:
             raise RuntimeError("Bad magic number in .pyc file")
         code = marshal.loads(source[16:])
     else:
         loader = importlib.machinery.SourceFileLoader("__main__", filename)
-        globs = _fresh_main(__file__=filename, __cached__=None, __loader__=loader)
+        globs = _fresh_main(__file__=filename, **_CACHED, __loader__=loader)
         code = compile(source, filename, "exec", dont_inherit=True)
     wait()
     exec(code, globs)

@@ -27,6 +27,11 @@ SCRIPTS = Path(__file__).parent / "scripts"
 PANIC = ("panicked", "threads should not terminate", "RUST_BACKTRACE")
 # CPython 3.13.0 (gh-126914): pyusdt does not enter subinterpreters there.
 IS_3130 = sys.version_info[:3] == (3, 13, 0)
+# Newer CPythons (3.14.7 and 3.15 here) warn at exit about subinterpreters left open, as
+# the fork child's is; older ones exit silently.
+SUB_LEFT_OPEN = (
+    "<sys>:0: RuntimeWarning: remaining subinterpreters; close them with Interpreter.close()\n"
+)
 
 WORK_PROGRAM = """
 usdt:PYUSDT:pyusdt:PY_START /str(arg0) == "child_work" || str(arg0) == "thread_work"/ {
@@ -165,11 +170,11 @@ def run_untraced(script: Path, mode: str, where: str) -> tuple[int, str, str]:
 def test_cfork_child_exits_as_without_pyusdt(tmp_path, where):
     script = cfork_script(tmp_path)
     plain = run_untraced(script, "plain", where)
-    assert plain == (
+    assert plain[:2] == (
         0,
         "parent 285\nchild 328350\nchild done\nstatus 3\nparent done\n",
-        "",
     ), plain  # the reference itself
+    assert plain[2] in (("", SUB_LEFT_OPEN) if where == "sub" else ("",)), plain
     code, out, err = run_untraced(script, "pyusdt", where)
     no_panic(out, err)
     # Same exit status of the child (no SIGABRT: "status -6") and of the parent, same output.

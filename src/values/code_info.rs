@@ -4,7 +4,7 @@
 //! CPython has no C accessor for `co_name`, `co_filename` or `co_firstlineno`
 //! other than attribute lookup, which costs descriptor calls per event.
 //! So the fields are read from the start of `PyCodeObject`, whose layout up to
-//! `co_qualname` is the same in 3.12, 3.13 and 3.14 (free-threaded or not: only
+//! `co_qualname` is the same in 3.12, 3.13, 3.14 and 3.15 (free-threaded or not: only
 //! the object header differs, and `PyVarObject` follows the build). The layout
 //! is checked against attribute lookup when the module is loaded; if it does
 //! not match (an interpreter we do not know), every event takes the slow,

@@ -4,7 +4,7 @@
 //! Anything unusual returns `None` (no error set) and the caller falls back
 //! to `PyObject_Repr`.
 //!
-//! Each path follows CPython 3.12-3.14's own formatting: `none_repr`,
+//! Each path follows CPython 3.12-3.15's own formatting: `none_repr`,
 //! `bool_repr`, `long_to_decimal_string`, `float_repr`, `func_repr`, `type_repr`,
 //! `meth_repr`, `method_repr` (descrobject.c) and `unicode_repr`.
 //! On the free-threaded build only immutable data is read: the paths that
