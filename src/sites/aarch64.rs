@@ -5,13 +5,15 @@
 //! aarch64 has no red zone. The functions carry their own CFI (the CFA is
 //! `sp` throughout, the return address stays in `x30`).
 
-use std::ptr::addr_of;
-
+use super::symbols::sites;
 use super::Probe;
 
 /// The instruction at every probe site, `nop` (0xd503201f, little-endian),
 /// checked by the unit tests.
-pub const SITE_NOP: [u8; 4] = [0x1f, 0x20, 0x03, 0xd5];
+pub const SITE_NOP: Site = [0x1f, 0x20, 0x03, 0xd5];
+
+/// The bytes of a site (`symbols::sites`).
+pub type Site = [u8; 4];
 
 /// One probe site function: `$probe` is the probe name, `$args` the note's
 /// argument string over the C ABI's argument registers.
@@ -99,91 +101,9 @@ pub mod fire {
         (name: usize, file: usize, line: i32, offset: i64, repr: usize, interp: i64));
 }
 
-// The semaphores the site asm defines (one u16 per probe, in `.probes`);
-// the kernel increments one when a uprobe is attached to its probe and
-// decrements it on detach.
-unsafe extern "C" {
-    static __usdt_sema_pyusdt_PY_START: u16;
-    static __usdt_sema_pyusdt_PY_RESUME: u16;
-    static __usdt_sema_pyusdt_PY_RETURN: u16;
-    static __usdt_sema_pyusdt_PY_YIELD: u16;
-    static __usdt_sema_pyusdt_CALL: u16;
-    static __usdt_sema_pyusdt_LINE: u16;
-    static __usdt_sema_pyusdt_PY_UNWIND: u16;
-    static __usdt_sema_pyusdt_PY_THROW: u16;
-    static __usdt_sema_pyusdt_RAISE: u16;
-    static __usdt_sema_pyusdt_RERAISE: u16;
-    static __usdt_sema_pyusdt_EXCEPTION_HANDLED: u16;
-    static __usdt_sema_pyusdt_C_RETURN: u16;
-    static __usdt_sema_pyusdt_C_RAISE: u16;
-}
-
-#[inline(always)]
-pub fn semaphore(probe: Probe) -> u16 {
-    // SAFETY: the semaphores are 2-byte, 2-aligned statics defined by the
-    // site asm; the kernel writes them behind our back, so they are read with
-    // a volatile load through a raw pointer, never through a reference.
-    unsafe {
-        match probe {
-            Probe::PyStart => addr_of!(__usdt_sema_pyusdt_PY_START).read_volatile(),
-            Probe::PyResume => addr_of!(__usdt_sema_pyusdt_PY_RESUME).read_volatile(),
-            Probe::PyReturn => addr_of!(__usdt_sema_pyusdt_PY_RETURN).read_volatile(),
-            Probe::PyYield => addr_of!(__usdt_sema_pyusdt_PY_YIELD).read_volatile(),
-            Probe::Call => addr_of!(__usdt_sema_pyusdt_CALL).read_volatile(),
-            Probe::Line => addr_of!(__usdt_sema_pyusdt_LINE).read_volatile(),
-            Probe::PyUnwind => addr_of!(__usdt_sema_pyusdt_PY_UNWIND).read_volatile(),
-            Probe::PyThrow => addr_of!(__usdt_sema_pyusdt_PY_THROW).read_volatile(),
-            Probe::Raise => addr_of!(__usdt_sema_pyusdt_RAISE).read_volatile(),
-            Probe::Reraise => addr_of!(__usdt_sema_pyusdt_RERAISE).read_volatile(),
-            Probe::ExceptionHandled => {
-                addr_of!(__usdt_sema_pyusdt_EXCEPTION_HANDLED).read_volatile()
-            }
-            Probe::CReturn => addr_of!(__usdt_sema_pyusdt_C_RETURN).read_volatile(),
-            Probe::CRaise => addr_of!(__usdt_sema_pyusdt_C_RAISE).read_volatile(),
-        }
-    }
-}
-
-// The sites' labels: each names the 4 bytes of its `nop`.
-unsafe extern "C" {
-    static __pyusdt_site_PY_START: [u8; 4];
-    static __pyusdt_site_PY_RESUME: [u8; 4];
-    static __pyusdt_site_PY_RETURN: [u8; 4];
-    static __pyusdt_site_PY_YIELD: [u8; 4];
-    static __pyusdt_site_CALL: [u8; 4];
-    static __pyusdt_site_LINE: [u8; 4];
-    static __pyusdt_site_PY_UNWIND: [u8; 4];
-    static __pyusdt_site_PY_THROW: [u8; 4];
-    static __pyusdt_site_RAISE: [u8; 4];
-    static __pyusdt_site_RERAISE: [u8; 4];
-    static __pyusdt_site_EXCEPTION_HANDLED: [u8; 4];
-    static __pyusdt_site_C_RETURN: [u8; 4];
-    static __pyusdt_site_C_RAISE: [u8; 4];
-}
-
 /// Is the site of `probe` patched by a tracer (a `brk` instead of the `nop`)?
 pub fn patched(probe: Probe) -> bool {
     // SAFETY: a probe site's 4 bytes in this library's mapped text, read
     // (volatile: the kernel rewrites them) and never written.
     unsafe { std::ptr::read_volatile(sites()[probe as usize]) != SITE_NOP }
-}
-
-/// The address of every probe site's `nop`, in probe order.
-pub fn sites() -> [*const [u8; 4]; Probe::COUNT] {
-    // Only the addresses are taken; nothing is read here.
-    [
-        addr_of!(__pyusdt_site_PY_START),
-        addr_of!(__pyusdt_site_PY_RESUME),
-        addr_of!(__pyusdt_site_PY_RETURN),
-        addr_of!(__pyusdt_site_PY_YIELD),
-        addr_of!(__pyusdt_site_CALL),
-        addr_of!(__pyusdt_site_LINE),
-        addr_of!(__pyusdt_site_PY_UNWIND),
-        addr_of!(__pyusdt_site_PY_THROW),
-        addr_of!(__pyusdt_site_RAISE),
-        addr_of!(__pyusdt_site_RERAISE),
-        addr_of!(__pyusdt_site_EXCEPTION_HANDLED),
-        addr_of!(__pyusdt_site_C_RETURN),
-        addr_of!(__pyusdt_site_C_RAISE),
-    ]
 }

@@ -12,7 +12,7 @@
 
 use std::sync::Once;
 
-use super::{arch, switch_off, SITE_NOP};
+use super::{switch_off, symbols, SITE_NOP};
 
 /// The kernel's breakpoint (a uprobe not yet optimized): it handles it in
 /// the child itself.
@@ -36,7 +36,7 @@ pub fn install() {
 
 extern "C" fn after_fork_child() {
     let mut mem = -1;
-    for site in arch::sites() {
+    for site in symbols::sites() {
         // SAFETY: `site` is the address of a probe site's 5 bytes in this
         // library's text, which is mapped and readable.
         let now = unsafe { std::ptr::read_volatile(site) };

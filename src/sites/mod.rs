@@ -39,6 +39,8 @@ pub mod fork_repair {
     pub fn install() {}
 }
 
+mod symbols;
+
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
 #[cfg(target_arch = "x86_64")]
@@ -140,7 +142,7 @@ impl Probe {
     /// sites work in this process).
     #[inline(always)]
     pub fn attached(self) -> bool {
-        arch::semaphore(self) != 0 && !sites_off()
+        symbols::semaphore(self) != 0 && !sites_off()
     }
 }
 
@@ -206,7 +208,7 @@ mod tests {
 
     #[test]
     fn every_site_is_the_nop_and_never_straddles_a_page() {
-        for site in arch::sites() {
+        for site in symbols::sites() {
             let addr = site as usize;
             assert!(addr % 4096 + SITE_NOP.len() <= 4096, "{addr:#x}");
             // SAFETY: a probe site in this binary's mapped text.
