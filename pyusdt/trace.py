@@ -31,7 +31,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from pyusdt import tools
+from pyusdt import PROBES, tools
 
 PROG = "pyusdt-trace"
 DEFAULT_WAIT = 10.0
@@ -109,22 +109,8 @@ _PROBE_LIB_RE = re.compile(
 # The target runs `python -m pyusdt ARGS` through this file (see its docstring).
 _BOOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_trace_boot.py")
 
-# The probes, in bit order (as pyusdt.PROBES; this module does not import pyusdt).
-_PROBES = (
-    "PY_START",
-    "PY_RESUME",
-    "PY_RETURN",
-    "PY_YIELD",
-    "CALL",
-    "LINE",
-    "PY_UNWIND",
-    "PY_THROW",
-    "RAISE",
-    "RERAISE",
-    "EXCEPTION_HANDLED",
-    "C_RETURN",
-    "C_RAISE",
-)
+# The probes, in bit order.
+_PROBES = PROBES
 
 # bpftrace 0.17 sets RLIMIT_MEMLOCK to infinity, and says so on stderr when it may not.
 _MEMLOCK_ERROR = re.compile(r"^ERROR: .*couldn't set RLIMIT_MEMLOCK")

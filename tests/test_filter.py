@@ -16,21 +16,8 @@ from conftest import attach_bpftrace, base_env, finish, go, readline_raw, spawn
 from gated import trace
 from test_new_probes import REF_TOOL, SCRIPTS
 
-PROBES = (
-    "PY_START",
-    "PY_RESUME",
-    "PY_RETURN",
-    "PY_YIELD",
-    "CALL",
-    "LINE",
-    "PY_UNWIND",
-    "PY_THROW",
-    "RAISE",
-    "RERAISE",
-    "EXCEPTION_HANDLED",
-    "C_RETURN",
-    "C_RAISE",
-)
+from pyusdt import PROBES
+
 REF_EVENTS = tuple(p for p in PROBES if p not in ("CALL", "LINE"))
 
 
