@@ -77,9 +77,10 @@ def test_unset_check_msec_is_100(tmp_path):
     assert poll_msec(clean_env(), tmp_path) == (100, [])
 
 
-def repr_max(env: dict[str, str], tmp_path: Path) -> tuple[int, list[str]]:
+def status_value(env: dict[str, str], tmp_path: Path, key: str) -> tuple[str, list[str]]:
+    """`pyusdt.status()[key]` in a fresh process, and its stderr lines but "ready"."""
     r = subprocess.run(
-        [sys.executable, "-c", "import pyusdt; print(pyusdt.status()['repr_max'])"],
+        [sys.executable, "-c", f"import pyusdt; print(pyusdt.status()[{key!r}])"],
         capture_output=True,
         text=True,
         env=env,
@@ -87,7 +88,12 @@ def repr_max(env: dict[str, str], tmp_path: Path) -> tuple[int, list[str]]:
         cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr
-    return int(r.stdout), [ln for ln in r.stderr.splitlines() if "ready" not in ln]
+    return r.stdout.strip(), [ln for ln in r.stderr.splitlines() if "ready" not in ln]
+
+
+def repr_max(env: dict[str, str], tmp_path: Path) -> tuple[int, list[str]]:
+    value, err = status_value(env, tmp_path, "repr_max")
+    return int(value), err
 
 
 @pytest.mark.parametrize("value", ["15", "65537", "-1", "big", ""])
@@ -221,16 +227,7 @@ def test_paths_and_odd_names_given_to_dash_m(tmp_path, spec):
 
 
 def repr_mode(env: dict[str, str], tmp_path: Path) -> tuple[str, list[str]]:
-    r = subprocess.run(
-        [sys.executable, "-c", "import pyusdt; print(pyusdt.status()['repr'])"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        cwd=tmp_path,
-    )
-    assert r.returncode == 0, r.stderr
-    return r.stdout.strip(), [ln for ln in r.stderr.splitlines() if "ready" not in ln]
+    return status_value(env, tmp_path, "repr")
 
 
 @pytest.mark.parametrize(
