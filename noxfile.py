@@ -3,6 +3,10 @@
 Sessions:
   tests-3.12, tests-3.13, tests-3.13t, tests-3.14, tests-3.14t, tests-3.15, tests-3.15t
                                        all required: always defined, fail loudly if not provisioned
+                                       (tests-3.15 sets PYUSDT_EXPECT_NATIVE_MARKERS=1: its
+                                       interpreter is built --with-dtrace)
+  tests-3.15-jit                       opt-in (not run by default): the suite on the JIT build
+                                       (`matrix/provision 3.15-jit`) with PYTHON_JIT=1
   lint                                 cargo clippy -D warnings and cargo fmt --check (both
                                        Cargo manifests), ruff
   bench                                python bench/run.py (3.12 venv, project installed)
@@ -34,6 +38,9 @@ PROVISION = ROOT / "matrix" / "provision"
 # picks it for `pip install .` on those interpreters.
 PYO3_030_MANIFEST = "pyo3-0.30/Cargo.toml"
 REQUIRED = ("3.12", "3.13", "3.13t", "3.14", "3.14t", "3.15", "3.15t")
+# Interpreters that matrix/provision builds --with-dtrace: their sessions set
+# PYUSDT_EXPECT_NATIVE_MARKERS=1, so tests/test_native_markers.py runs and must pass there.
+NATIVE_MARKERS = ("3.15",)
 BUILD_REQS = ("maturin>=1.7,<2", "pytest", "coverage")
 # uWSGI has no wheels on PyPI: pip builds it from source (~30 s) once per interpreter and
 # keeps the wheel in its cache (~/.cache/pip/wheels), so later fresh venvs reuse it.
@@ -96,11 +103,31 @@ def _make_tests_session(version: str) -> None:
             session.warn("PIP_NO_CACHE_DIR is set: uWSGI is rebuilt from source in every venv")
         session.install(*SERVER_REQS)
         _install_project(session)
-        session.run("pytest", "-v", "tests", *session.posargs)
+        env = {"PYUSDT_EXPECT_NATIVE_MARKERS": "1"} if version in NATIVE_MARKERS else {}
+        session.run("pytest", "-v", "tests", *session.posargs, env=env)
 
 
 for _version in REQUIRED:
     _make_tests_session(_version)
+
+JIT = "3.15-jit"
+
+
+@nox.session(
+    name=f"tests-{JIT}",
+    python=INTERPRETERS.get(JIT) or False,
+    venv_backend="venv" if JIT in INTERPRETERS else "none",
+)
+def tests_jit(session: nox.Session) -> None:
+    """Opt-in: the whole suite on 3.15 built --enable-experimental-jit=yes-off, with the
+    JIT on (PYTHON_JIT=1, inherited by every traced target); tests/test_jit.py must run.
+    Needs `matrix/provision 3.15-jit` first (LLVM 21 toolchain and a build, ~20 min)."""
+    if JIT not in INTERPRETERS:
+        session.error(f"{JIT} is not provisioned: run `matrix/provision {JIT}` first")
+    session.install(*SERVER_REQS)
+    _install_project(session)
+    env = {"PYTHON_JIT": "1", "PYUSDT_EXPECT_JIT": "1", "PYUSDT_EXPECT_NATIVE_MARKERS": "1"}
+    session.run("pytest", "-v", "tests", *session.posargs, env=env)
 
 
 @nox.session(python=PY312 if PY312 else False, venv_backend="venv" if PY312 else "none")

@@ -26,6 +26,18 @@ REQUIRE_BPFTRACE = os.environ.get("PYUSDT_REQUIRE_BPFTRACE") == "1"
 # the others (rather than skipped): the 3.13t nox session runs them.
 FREE_THREADED_ONLY = ["test_freethreaded.py", "test_freethreaded_fork.py"]
 collect_ignore = [] if sysconfig.get_config_var("Py_GIL_DISABLED") else FREE_THREADED_ONLY
+# CPython's own USDT markers exist only in builds made --with-dtrace (sysconfig WITH_DTRACE):
+# test_native_markers.py is collected there, and wherever PYUSDT_EXPECT_NATIVE_MARKERS=1
+# (set by the tests-3.15 nox session) says the interpreter must have them, so that a build
+# without them fails rather than skips.
+EXPECT_NATIVE_MARKERS = os.environ.get("PYUSDT_EXPECT_NATIVE_MARKERS") == "1"
+if not (EXPECT_NATIVE_MARKERS or sysconfig.get_config_var("WITH_DTRACE")):
+    collect_ignore.append("test_native_markers.py")
+# Likewise test_jit.py: collected on builds made --enable-experimental-jit=yes(-off), and
+# where PYUSDT_EXPECT_JIT=1 (set by the opt-in tests-3.15-jit nox session).
+JIT_BUILD = "--enable-experimental-jit=yes" in (sysconfig.get_config_var("CONFIG_ARGS") or "")
+if not (os.environ.get("PYUSDT_EXPECT_JIT") == "1" or JIT_BUILD):
+    collect_ignore.append("test_jit.py")
 BPFTRACE = shutil.which("bpftrace")
 LIB = pyusdt.lib_path()
 
