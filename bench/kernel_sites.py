@@ -4,11 +4,13 @@
 Runs bench/site_cost.py on the host kernel (with this Python's pyusdt) and, through
 matrix/kernel-suite --no-tests, in a qemu guest of each of Debian's kernels
 (matrix/kernels), then prints one row per kernel: the site pyusdt fires there, the
-median cost per hit of each site and pyusdt's ratios to the two C references (a
-1-byte-nop site, the original's, and a 5-byte-nop one) and to the 1-byte site in its
-own process. Guest figures are inflated by TCG emulation: compare ratios, not ns.
-Needs root and qemu-system-x86_64; without them it prints one line saying what it
-skipped and why, and exits 0. A benchmark: it exits non-zero only when it cannot measure.
+median cost per hit of each site and pyusdt's ratios (taken within each run, then
+their median) to the two C references (a 1-byte-nop site, the original's, and a
+5-byte-nop one) and to the 1-byte site in its own process. Guest figures are
+inflated by TCG emulation: compare ratios, not ns.
+Needs root and bpftrace, and qemu-system-x86_64 for the guests; without them it
+prints one line saying what it skipped and why, and exits 0. A benchmark: it exits
+non-zero only when it cannot measure.
 """
 
 from __future__ import annotations
@@ -30,22 +32,27 @@ KERNELS = "6.1,6.12,5.10"
 
 def unavailable() -> str | None:
     """Why the guests cannot run here, or None."""
-    if os.geteuid() != 0:
-        return "needs root (9p passthrough of the host root)"
     if shutil.which("qemu-system-x86_64") is None:
         return "qemu-system-x86_64 not found (apt-get install qemu-system-x86 busybox-static)"
     return None
 
 
 def row(name: str, data: dict) -> list[str]:
-    med = {k: statistics.median(v) for k, v in data["costs"].items()}
+    costs = data["costs"]
+    med = {k: statistics.median(v) for k, v in costs.items()}
+
+    def ratio(ref: str) -> str:
+        # Within a run (its sites measured one after the other), then the median.
+        per_run = [p / r for p, r in zip(costs["pyusdt"], costs[ref], strict=True)]
+        return f"{statistics.median(per_run):.2f}"
+
     return [
         name,
         data["fired"],
         *(f"{med[k]:.0f}" for k in ("nop1", "nop5", "nop1-py", "pyusdt")),
-        f"{med['pyusdt'] / med['nop1']:.2f}",
-        f"{med['pyusdt'] / med['nop5']:.2f}",
-        f"{med['pyusdt'] / med['nop1-py']:.2f}",
+        ratio("nop1"),
+        ratio("nop5"),
+        ratio("nop1-py"),
     ]
 
 
@@ -62,6 +69,9 @@ def main() -> int:
     ap.add_argument("--json", type=Path, help="write every kernel's samples here")
     args = ap.parse_args()
     kernels = [] if args.kernels in ("none", "") else args.kernels.split(",")
+    if os.geteuid() != 0 or shutil.which("bpftrace") is None:
+        print("kernel_sites: skipped the per-kernel site cost: it needs root and bpftrace")
+        return 0
     out = Path(tempfile.mkdtemp(prefix="pyusdt-kernel-sites."))
     results: dict[str, dict] = {}
     try:
@@ -121,7 +131,8 @@ def main() -> int:
     ]
     rows += [row(name, data) for name, data in results.items()]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    print("\nper-hit cost of a probe site per kernel (medians of 3 runs; bench/site_cost.py)")
+    print("\nper-hit cost of a probe site per kernel (bench/site_cost.py; medians of 3 runs,")
+    print("ratios taken within a run; guests under qemu TCG: compare ratios, not ns)")
     for i, r in enumerate(rows):
         print(
             "  ".join(
