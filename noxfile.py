@@ -168,12 +168,16 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PY312 if PY312 else False, venv_backend="venv" if PY312 else "none")
 def bench(session: nox.Session) -> None:
-    """Run bench/run.py (posargs passed through) against the project in a 3.12 venv."""
+    """Run bench/run.py (posargs passed through) against the project in a 3.12 venv, then
+    bench/kernel_sites.py: the probe site's cost per kernel (the host's, and Debian's 6.1,
+    6.12 and 5.10 in qemu guests when run as root with qemu-system-x86_64 installed; it
+    says so when it skips them; PYUSDT_BENCH_KERNELS picks kernels, "none" only the host)."""
     _require(session, "3.12")
     if not (ROOT / "bench" / "run.py").exists():
         session.skip("bench/run.py does not exist yet")
     _install_project(session)
     session.run("python", "bench/run.py", *session.posargs)
+    session.run("python", "bench/kernel_sites.py")
 
 
 WHEEL_REQS = ("maturin>=1.7,<2", "ziglang")

@@ -25,6 +25,8 @@ pub(super) struct Control {
     generation: u64,
     /// The highest generation whose thread has ended.
     exited: u64,
+    /// The kernel thread id of the thread that ended last (0: none yet).
+    exited_tid: i64,
     running: Option<Running>,
     kick: bool,
     /// The process is finalizing: no new thread is started.
@@ -46,6 +48,7 @@ impl Control {
         Control {
             generation: 0,
             exited: 0,
+            exited_tid: 0,
             running: None,
             kick: false,
             shutdown: false,
@@ -70,6 +73,30 @@ impl Control {
 fn pid() -> i32 {
     // SAFETY: getpid has no preconditions.
     unsafe { libc::getpid() }
+}
+
+fn tid() -> i64 {
+    // SAFETY: the gettid system call (not glibc's 2.30 wrapper, so wheels keep
+    // an older glibc baseline) has no preconditions.
+    unsafe { libc::syscall(libc::SYS_gettid) as i64 }
+}
+
+/// The longest a stop waits, after the join, for the kernel to release the
+/// ended thread.
+const RELEASE_WAIT: Duration = Duration::from_millis(200);
+
+/// Waits (at most `RELEASE_WAIT`) until thread `tid` of this process is
+/// gone from `/proc/self/task`. `pthread_join` returns once the thread has
+/// cleared its tid, which it does on its way out, before the kernel releases
+/// it and drops it from the process's thread count: a fork in between (a
+/// loaded machine makes the window wide) would still see two threads, and
+/// CPython warn of a multi-threaded fork.
+fn wait_released(tid: i64) {
+    let path = format!("/proc/self/task/{tid}");
+    let deadline = Instant::now() + RELEASE_WAIT;
+    while std::path::Path::new(&path).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_micros(100));
+    }
 }
 
 impl Watcher {
@@ -138,8 +165,12 @@ impl Watcher {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+        let ended = c.exited_tid;
         drop(c);
         let _ = r.handle.join();
+        if ended > 0 {
+            wait_released(ended);
+        }
         true
     }
 
@@ -174,6 +205,7 @@ impl Watcher {
             c.kick = false;
         }
         c.exited = c.exited.max(generation);
+        c.exited_tid = tid();
         self.wake.notify_all();
     }
 }
