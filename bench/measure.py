@@ -88,9 +88,15 @@ def thread_times(out: str) -> dict[int, float]:
     }
 
 
-def untraced(py: Python, work: list[str], via_pyusdt: bool, procs: int = UNTRACED_PROCS) -> dict:
+def untraced(
+    py: Python,
+    work: list[str],
+    via_pyusdt: bool,
+    procs: int = UNTRACED_PROCS,
+    env: dict[str, str] | None = None,
+) -> dict:
     """`python workload.py ...` (or `python -m pyusdt workload.py ...`), no tracer, in
-    `procs` processes one after the other. The sample's time is the fastest repeat of
+    `procs` processes one after the other (`env`: more environment variables). The sample's time is the fastest repeat of
     them all: on the VMs this runs on, a whole process can run up to 2x slower than the
     next one, whatever it runs, and other load only ever adds time."""
     cmd = [py.exe, *(["-m", "pyusdt"] if via_pyusdt else []), WORKLOAD, *work]
@@ -101,7 +107,7 @@ def untraced(py: Python, work: list[str], via_pyusdt: bool, procs: int = UNTRACE
             cmd,
             capture_output=True,
             text=True,
-            env=target_env(),
+            env={**target_env(), **(env or {})},
             cwd=target_cwd(),
             timeout=600,
             check=False,

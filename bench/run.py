@@ -223,7 +223,8 @@ class Bench:
                 )
                 for ps, probes in measure.PROBE_SETS.items():
                     # The breakdown: CPython's dispatch to a no-op C callable, and our
-                    # callbacks in full with the semaphores set but no uprobe (no trap).
+                    # callbacks in full with the semaphores set but no uprobe (no trap;
+                    # PYUSDT_TRUST_SEMAPHORES=1, since a semaphore alone enables nothing).
                     mask = hex(sum(measure.EVENT_BIT[p] for p in probes))
                     noop = [*ws, "--noop-events", mask]
                     fake = [*ws, "--fake-attach", f"{ours.lib}={mask}", "--wait-events", mask]
@@ -231,7 +232,7 @@ class Bench:
                         measure.untraced(o, w, False)
                     )
                     self.jobs[f"{version}/fake/{ps}/{work}"] = lambda o=ours, w=fake: (
-                        measure.untraced(o, w, True)
+                        measure.untraced(o, w, True, env={"PYUSDT_TRUST_SEMAPHORES": "1"})
                     )
                 for who, p in (("ours", ours), ("orig", orig)):
                     if p is None:

@@ -28,7 +28,8 @@ options:
                       packs its arguments in a tuple) for the others.
   --fake-attach LIB=MASK  (for the breakdown) set the USDT semaphores of the probes in
                       MASK (event bits) in the library LIB, as a tracer would, but
-                      without any uprobe: pyusdt enables the events and its callbacks
+                      without any uprobe: under PYUSDT_TRUST_SEMAPHORES=1 (which
+                      the bench sets) pyusdt enables the events and its callbacks
                       run in full, minus the trap. Combine with --wait-events.
 """
 

@@ -56,7 +56,9 @@ def wait_for_tracer(timeout: float, probes: Iterable[str] | None = None) -> bool
     """Block until a tracer is attached and its events are enabled in this interpreter.
 
     With `probes` (names such as "PY_START"), wait until all of them are enabled;
-    without, until at least one is. Either way, then until the set of attached
+    without, until at least one is. A probe is enabled only once a tracer has
+    patched its site (a raised semaphore alone is not enough, unless
+    PYUSDT_TRUST_SEMAPHORES is set). Either way, then until the set of attached
     probes has stopped changing for a moment: a tracer attaches its probes one
     after another, and the kernel raises a probe's semaphore just before the
     tracer's program is in place. Returns True once that holds, False if
@@ -74,7 +76,9 @@ def wait_for_tracer(timeout: float, probes: Iterable[str] | None = None) -> bool
         if (wanted <= enabled) if wanted is not None else bool(enabled):
             now = time.monotonic()
             seen = (st["attached"], st["patched"])
-            if seen != last or enabled != set(st["attached"]):
+            # Listening, not attached: a raised semaphore whose sites nobody patched
+            # (left by a SIGKILLed bcc, say) is never enabled, and must not stall this.
+            if seen != last or enabled != set(st["listening"]):
                 last, stable_since = seen, now
             # Every location of every attached probe patched: the tracer is done
             # (a probe's semaphore rises with its first location, and each probe

@@ -10,8 +10,10 @@ class Status(TypedDict):  # stub-only: for annotations under TYPE_CHECKING
 
     tool_id: int | None  # the sys.monitoring tool id in use, None while not registered
     poll_msec: int  # how often the watcher checks for attached tracers (PYUSDT_CHECK_MSEC)
-    attached: list[str]  # probes whose USDT semaphore is > 0 (a tracer is attached)
+    attached: list[str]  # probes whose USDT semaphore is > 0 (a tracer announced them)
     patched: list[str]  # probes every site of which a tracer has patched (int3 or a call)
+    listening: list[str]  # attached and the site that fires here patched: what gets enabled
+    trust_semaphores: bool  # PYUSDT_TRUST_SEMAPHORES: attached alone is listening
     enabled: list[str]  # probes whose sys.monitoring events are enabled here
     interpreter_id: int
     repr_max: int  # maximum bytes of a value repr passed to PY_RETURN/PY_YIELD/CALL

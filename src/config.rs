@@ -1,5 +1,6 @@
 //! Process-wide configuration from the environment (`PYUSDT_CHECK_MSEC`,
-//! `PYUSDT_REPR_MAX`, `PYUSDT_REPR`, `PYUSDT_FILTER`, `PYUSDT_VERBOSE`), the
+//! `PYUSDT_REPR_MAX`, `PYUSDT_REPR`, `PYUSDT_FILTER`, `PYUSDT_VERBOSE`,
+//! `PYUSDT_TRUST_SEMAPHORES`), the
 //! filter's glob matching, and the verbose log, written straight to fd 2.
 
 use std::sync::OnceLock;
@@ -30,6 +31,10 @@ pub struct Config {
     /// `PYUSDT_FILTER`: only code that matches is traced; `None`: all code.
     pub filter: Option<Filter>,
     pub verbose: bool,
+    /// `PYUSDT_TRUST_SEMAPHORES`: a raised semaphore alone enables its probe,
+    /// patched site or not (for clients that raise semaphores without
+    /// uprobes, and for tests that toggle semaphores by hand).
+    pub trust_semaphores: bool,
 }
 
 /// `PYUSDT_FILTER`: comma-separated globs (`*` any run of characters, `?`
@@ -95,13 +100,8 @@ static CONFIG: OnceLock<Config> = OnceLock::new();
 
 pub fn get() -> &'static Config {
     CONFIG.get_or_init(|| {
-        let verbose = match std::env::var("PYUSDT_VERBOSE") {
-            Ok(v) => matches!(
-                v.trim().to_ascii_lowercase().as_str(),
-                "1" | "true" | "yes" | "on"
-            ),
-            Err(_) => false,
-        };
+        let verbose = flag("PYUSDT_VERBOSE");
+        let trust_semaphores = flag("PYUSDT_TRUST_SEMAPHORES");
         let check_msec = setting(
             "PYUSDT_CHECK_MSEC",
             1,
@@ -126,7 +126,19 @@ pub fn get() -> &'static Config {
             repr_mode,
             filter,
             verbose,
+            trust_semaphores,
         }
+    })
+}
+
+/// An on/off setting: `1`, `true`, `yes` or `on` (any case) is on; anything
+/// else, or unset, off.
+fn flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "1" | "true" | "yes" | "on"
+        )
     })
 }
 

@@ -348,7 +348,7 @@ unsafe fn status_dict(st: &State) -> *mut ffi::PyObject {
             Some(t) => ffi::PyLong_FromLong(t as _),
             None => ffi::Py_NewRef(ffi::Py_None()),
         };
-        let items: [(&CStr, *mut ffi::PyObject); 8] = [
+        let items: [(&CStr, *mut ffi::PyObject); 10] = [
             (c"tool_id", tool),
             (
                 c"poll_msec",
@@ -356,6 +356,11 @@ unsafe fn status_dict(st: &State) -> *mut ffi::PyObject {
             ),
             (c"attached", list_of(&sites::names(sites::attached_mask()))),
             (c"patched", list_of(&sites::names(sites::patched_mask()))),
+            (c"listening", list_of(&sites::names(WATCHER.listening()))),
+            (
+                c"trust_semaphores",
+                ffi::PyBool_FromLong(config::get().trust_semaphores as _),
+            ),
             (
                 c"enabled",
                 list_of(&sites::names(st.enabled.load(Ordering::Acquire))),

@@ -107,3 +107,9 @@ pub fn patched(probe: Probe) -> bool {
     // (volatile: the kernel rewrites them) and never written.
     unsafe { std::ptr::read_volatile(sites()[probe as usize]) != SITE_NOP }
 }
+
+/// Is the site of `probe` patched (aarch64 has one site per probe, the one
+/// that fires)?
+pub fn armed(probe: Probe) -> bool {
+    patched(probe)
+}

@@ -1,6 +1,7 @@
 //! Layer 1, the probe sites: the USDT probes of provider `pyusdt` (their SDT
-//! notes, semaphores and sites, written per architecture), which probes a
-//! tracer has attached right now (a bit mask, bit i = `Probe::ALL[i]`), and
+//! notes, semaphores and sites, written per architecture), which probes
+//! tracers announce (raised semaphores) and which sites they have patched
+//! right now (bit masks, bit i = `Probe::ALL[i]`), and
 //! the switch that turns them all off in a process whose sites cannot be
 //! trusted (see `fork_repair`). Depends on nothing else of the crate but
 //! `config`.
@@ -169,7 +170,18 @@ pub fn patched_mask() -> u32 {
         .fold(0, |m, p| m | p.bit())
 }
 
-/// The mask of probes that are attached right now.
+/// The mask of probes whose site that fires here (on x86_64 the 1-byte or
+/// the 5-byte one, see `x86_64::optimized`) a tracer has patched right now:
+/// the probes whose events a tracer can receive.
+pub fn armed_mask() -> u32 {
+    Probe::ALL
+        .iter()
+        .filter(|p| arch::armed(**p))
+        .fold(0, |m, p| m | p.bit())
+}
+
+/// The mask of probes whose semaphore is raised right now (and the sites
+/// work in this process): what tracers announced, not what they receive.
 pub fn attached_mask() -> u32 {
     Probe::ALL
         .iter()
@@ -204,6 +216,8 @@ mod tests {
     #[test]
     fn nothing_attached_without_a_tracer() {
         assert_eq!(attached_mask(), 0);
+        assert_eq!(armed_mask(), 0);
+        assert_eq!(patched_mask(), 0);
     }
 
     #[test]

@@ -239,6 +239,22 @@ pub fn patched(probe: Probe) -> bool {
     }
 }
 
+/// Is the site of `probe` that fires on this kernel (`optimized()`) patched
+/// by a tracer? Only that site's uprobe sees an event: a tracer whose uprobe
+/// on it is gone (SIGKILLed: the kernel removes its uprobes) receives
+/// nothing, whatever the semaphore says.
+pub fn armed(probe: Probe) -> bool {
+    // SAFETY: the first byte of a probe site in this library's mapped text,
+    // read (volatile: the kernel rewrites it) and never written.
+    unsafe {
+        if optimized() {
+            std::ptr::read_volatile(sites()[probe as usize].cast::<u8>()) != SITE_NOP[0]
+        } else {
+            std::ptr::read_volatile(SITES1[probe as usize]) != SITE_NOP1
+        }
+    }
+}
+
 /// The 1-byte sites, in probe order: each is its function's first byte.
 const SITES1: [*const u8; Probe::COUNT] = [
     fire::py_start::nop1 as *const u8,
@@ -275,5 +291,7 @@ mod tests {
         assert_eq!(optimized(), rc == -1 && errno == Some(libc::ENXIO));
         // Firing either way is a plain call that returns.
         fire::line(0, 0, 1, 0, 0);
+        // No tracer here: neither site is patched.
+        assert!(!armed(Probe::Line) && !patched(Probe::Line));
     }
 }

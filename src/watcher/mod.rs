@@ -1,8 +1,10 @@
-//! Layer 3, the process-wide watcher: one thread per process polls the probe
-//! semaphores twice every `PYUSDT_CHECK_MSEC` ms and, when the attached
-//! probes change, has every registered interpreter apply the new probe set.
+//! Layer 3, the process-wide watcher: one thread per process looks twice
+//! every `PYUSDT_CHECK_MSEC` ms at which probes someone listens to (their
+//! semaphore raised and the site that fires patched, see `Sources`) and,
+//! when that set changes, has every registered interpreter apply it.
 //! It knows interpreters only through `Interp` (is it the main one; apply a
-//! mask), so its protocol is tested with fake interpreters (`cargo test`).
+//! mask) and the probes only through `Sources` (three functions), so its
+//! protocol is tested with fake interpreters and fake probes (`cargo test`).
 //!
 //! The protocol, owned by `Registry` (registry.rs), which makes the wrong
 //! order impossible:
@@ -52,6 +54,34 @@ pub struct InFlight {
     _private: (),
 }
 
+/// What the watcher reads of the probes (bit masks, bit i = `Probe::ALL[i]`).
+pub struct Sources {
+    /// The probes whose semaphore is raised: a tracer announced them (the
+    /// kernel counts a uprobe attached with the semaphore's offset; bcc
+    /// raises them itself, seconds early, and leaves them raised when it is
+    /// SIGKILLed).
+    pub raised: fn() -> u32,
+    /// The probes whose site that fires here is patched (an int3, or the
+    /// 6.18 trampoline's call): a tracer receives their events. The kernel
+    /// removes a dead tracer's uprobes, so this follows who is alive.
+    pub armed: fn() -> u32,
+    /// `PYUSDT_TRUST_SEMAPHORES`: a raised semaphore alone is enough.
+    pub trust_semaphores: fn() -> bool,
+}
+
+impl Sources {
+    /// The probes someone listens to: raised and armed (raised alone when
+    /// semaphores are trusted). A probe is enabled only while it is in here.
+    pub fn listening(&self) -> u32 {
+        let raised = (self.raised)();
+        if raised == 0 || (self.trust_semaphores)() {
+            raised
+        } else {
+            raised & (self.armed)()
+        }
+    }
+}
+
 /// The watcher: registry, thread control and the sources it polls.
 pub struct Watcher {
     reg: Mutex<Registry>,
@@ -60,17 +90,29 @@ pub struct Watcher {
     ctl: Mutex<Control>,
     /// Wakes the thread (kick, stop) and whoever waits for it to exit.
     wake: Condvar,
-    /// The attached-probe mask right now.
-    mask: fn() -> u32,
+    /// The probes, read at every look.
+    sources: Sources,
     /// The time between two looks at the mask.
     interval: fn() -> Duration,
 }
 
-/// The process's watcher, polling the real semaphores.
-pub static WATCHER: Watcher = Watcher::new(crate::sites::attached_mask, poll_interval);
+/// The process's watcher, polling the real semaphores and sites.
+pub static WATCHER: Watcher = Watcher::new(
+    Sources {
+        raised: crate::sites::attached_mask,
+        armed: crate::sites::armed_mask,
+        trust_semaphores,
+    },
+    poll_interval,
+);
 
-/// Two looks per interval: a tracer that attaches is then served within
-/// `PYUSDT_CHECK_MSEC` (plus the switch itself). A look is six volatile reads.
+fn trust_semaphores() -> bool {
+    crate::config::get().trust_semaphores
+}
+
+/// Two looks per interval: a tracer that attaches (or dies) is then noticed
+/// within `PYUSDT_CHECK_MSEC` (plus the switch itself). A look is thirteen
+/// volatile reads of semaphores, and while one is raised thirteen of sites.
 fn poll_interval() -> Duration {
     Duration::from_micros(crate::config::get().check_msec * 500)
 }
@@ -82,15 +124,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Watcher {
-    pub const fn new(mask: fn() -> u32, interval: fn() -> Duration) -> Self {
+    pub const fn new(sources: Sources, interval: fn() -> Duration) -> Self {
         Watcher {
             reg: Mutex::new(Registry::new()),
             settled: Condvar::new(),
             ctl: Mutex::new(Control::new()),
             wake: Condvar::new(),
-            mask,
+            sources,
             interval,
         }
+    }
+
+    /// The probes someone listens to right now (what the watcher enables).
+    pub fn listening(&self) -> u32 {
+        self.sources.listening()
     }
 
     /// Is an interpreter with this id registered already?

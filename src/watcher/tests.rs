@@ -1,11 +1,12 @@
-//! The watcher's protocol against fake interpreters: no Python involved.
+//! The watcher's protocol against fake interpreters and fake probes
+//! (semaphores, patched sites): no Python involved.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::{InFlight, Interp, Watcher};
+use super::{InFlight, Interp, Sources, Watcher};
 
 struct Fake {
     id: i64,
@@ -66,15 +67,49 @@ fn fast() -> Duration {
     Duration::from_millis(5)
 }
 
-/// A watcher of its own, polling `$mask`.
-macro_rules! watcher {
-    ($mask:ident) => {{
-        static $mask: AtomicU32 = AtomicU32::new(0);
-        fn read() -> u32 {
-            $mask.load(Ordering::SeqCst)
+/// Fake probes: raised semaphores, armed (patched) sites, the trust knob.
+struct Probes {
+    raised: AtomicU32,
+    armed: AtomicU32,
+    trust: AtomicBool,
+}
+
+impl Probes {
+    const fn new() -> Self {
+        Probes {
+            raised: AtomicU32::new(0),
+            armed: AtomicU32::new(0),
+            trust: AtomicBool::new(false),
         }
-        let w: &'static Watcher = Box::leak(Box::new(Watcher::new(read, fast)));
-        (w, &$mask)
+    }
+    /// What a tracer attached to exactly `mask` looks like (semaphores
+    /// raised by the kernel, sites patched).
+    fn store(&self, mask: u32, order: Ordering) {
+        self.raised.store(mask, order);
+        self.armed.store(mask, order);
+    }
+}
+
+/// A watcher of its own, polling the fake probes `$probes`.
+macro_rules! watcher {
+    ($probes:ident) => {{
+        static $probes: Probes = Probes::new();
+        fn raised() -> u32 {
+            $probes.raised.load(Ordering::SeqCst)
+        }
+        fn armed() -> u32 {
+            $probes.armed.load(Ordering::SeqCst)
+        }
+        fn trust() -> bool {
+            $probes.trust.load(Ordering::SeqCst)
+        }
+        let sources = Sources {
+            raised,
+            armed,
+            trust_semaphores: trust,
+        };
+        let w: &'static Watcher = Box::leak(Box::new(Watcher::new(sources, fast)));
+        (w, &$probes)
     }};
 }
 
@@ -196,6 +231,70 @@ fn an_inherited_thread_is_forgotten_and_a_new_one_serves() {
     mask.store(0b1, Ordering::SeqCst);
     eventually("the new thread's toggle", || fake.calls() == [0b1]);
     assert!(sub.calls().is_empty());
+    reg.unregister();
+    w.shutdown();
+}
+
+#[test]
+fn listening_is_raised_and_armed_or_raised_alone_when_trusted() {
+    let (w, p) = watcher!(PROBES_L);
+    for (raised, armed, trust, want) in [
+        (0, 0, false, 0),
+        (0b11, 0, false, 0), // semaphores raised early, or by a dead tracer
+        (0, 0b11, false, 0), // sites patched, nobody announced (a debugger's int3)
+        (0b11, 0b01, false, 0b01),
+        (0b11, 0b111, false, 0b11),
+        (0b11, 0, true, 0b11),
+        (0, 0b11, true, 0),
+    ] {
+        p.raised.store(raised, Ordering::SeqCst);
+        p.armed.store(armed, Ordering::SeqCst);
+        p.trust.store(trust, Ordering::SeqCst);
+        assert_eq!(w.listening(), want, "{raised:#b} {armed:#b} {trust}");
+    }
+}
+
+#[test]
+fn a_raised_semaphore_enables_only_while_its_site_is_patched() {
+    let (w, p) = watcher!(PROBES_H);
+    let fake = Fake::new(1, true, Duration::ZERO);
+    let reg = w.register(fake.clone());
+    // A client that raises the semaphores seconds before placing its uprobes.
+    p.raised.store(0b11, Ordering::SeqCst);
+    thread::sleep(Duration::from_millis(50)); // ten looks
+    assert!(fake.calls().is_empty(), "enabled without a patched site");
+    p.armed.store(0b01, Ordering::SeqCst);
+    eventually("the patched probe", || fake.calls() == [0b01]);
+    p.armed.store(0b11, Ordering::SeqCst);
+    eventually("both", || fake.calls() == [0b01, 0b11]);
+    // It is SIGKILLed: the kernel removes its uprobes, the semaphores stay.
+    p.armed.store(0, Ordering::SeqCst);
+    eventually("disable", || fake.calls() == [0b01, 0b11, 0]);
+    thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        fake.calls(),
+        [0b01, 0b11, 0],
+        "re-enabled on the stale semaphores"
+    );
+    // A patched site nobody announced (a debugger's breakpoint) enables nothing.
+    p.raised.store(0, Ordering::SeqCst);
+    p.armed.store(0b100, Ordering::SeqCst);
+    thread::sleep(Duration::from_millis(50));
+    assert_eq!(fake.calls(), [0b01, 0b11, 0]);
+    reg.unregister();
+    w.shutdown();
+}
+
+#[test]
+fn trusted_semaphores_enable_without_patched_sites() {
+    let (w, p) = watcher!(PROBES_T);
+    p.trust.store(true, Ordering::SeqCst);
+    let fake = Fake::new(1, true, Duration::ZERO);
+    let reg = w.register(fake.clone());
+    p.raised.store(0b100, Ordering::SeqCst);
+    eventually("enable", || fake.calls() == [0b100]);
+    p.raised.store(0, Ordering::SeqCst);
+    eventually("disable", || fake.calls() == [0b100, 0]);
     reg.unregister();
     w.shutdown();
 }

@@ -153,12 +153,26 @@ impl Watcher {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+        // Raised semaphores whose sites nobody patched, last logged.
+        let mut ignored = 0;
         loop {
             if c.generation != generation || c.off {
                 break;
             }
             drop(c);
-            let mask = (self.mask)();
+            let mask = self.sources.listening();
+            if crate::config::get().verbose {
+                let now = (self.sources.raised)() & !mask;
+                if now != ignored && now != 0 {
+                    crate::config::log(|| {
+                        format!(
+                            "semaphores raised but sites not patched, not enabled: {}",
+                            crate::sites::names(now).join(", ")
+                        )
+                    });
+                }
+                ignored = now;
+            }
             let due = lock(&self.reg).due(mask, Instant::now());
             for token in due {
                 self.toggle(token, mask);

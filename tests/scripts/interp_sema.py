@@ -2,7 +2,11 @@
 attaching and detaching does (bpftrace -p raises the semaphore of each probe
 it attaches), but in microseconds, so a test can toggle hundreds of times.
 Writes the 16-bit counters through /proc/PID/mem (root). Only use it on
-probes no real tracer is attached to in that process."""
+probes no real tracer is attached to in that process. A raised semaphore
+alone enables nothing (pyusdt also wants the probe's site patched by a
+tracer) unless the process runs with PYUSDT_TRUST_SEMAPHORES=1; what bcc
+does (raise the semaphores itself, place its uprobes later, leave the
+semaphores raised when SIGKILLed) is this plus tests/scripts/bcc_like.py."""
 
 from __future__ import annotations
 
