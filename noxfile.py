@@ -3,6 +3,10 @@
 Sessions:
   tests-3.12, tests-3.13, tests-3.13t, tests-3.14, tests-3.14t, tests-3.15, tests-3.15t
                                        all required: always defined, fail loudly if not provisioned
+  clients                              tests/test_clients.py once (3.12): bpftrace 0.27 and bcc
+                                       0.37 from matrix/clients' Debian sid chroot (built there
+                                       when missing), the host's perf and bpftrace 0.17; the
+                                       tests-* sessions leave that file out
   lint                                 cargo clippy -D warnings and cargo fmt --check (both
                                        Cargo manifests), ruff
   bench                                python bench/run.py (3.12 venv, project installed)
@@ -10,7 +14,7 @@ Sessions:
                                        and architecture (x86_64, aarch64; maturin --zig) into
                                        dist/wheels, the x86_64 ones install-tested
 
-`nox` with no arguments runs every tests-* session plus lint.
+`nox` with no arguments runs every tests-* session, clients, lint and wheels.
 
 Interpreter paths come from `matrix/provision --list` ("VERSION PATH" lines); this file
 never builds interpreters, run `matrix/provision` (or `bash matrix/test`) first.
@@ -96,11 +100,24 @@ def _make_tests_session(version: str) -> None:
             session.warn("PIP_NO_CACHE_DIR is set: uWSGI is rebuilt from source in every venv")
         session.install(*SERVER_REQS)
         _install_project(session)
-        session.run("pytest", "-v", "tests", *session.posargs)
+        session.run("pytest", "-v", "tests", f"--ignore={CLIENT_TESTS}", *session.posargs)
 
 
 for _version in REQUIRED:
     _make_tests_session(_version)
+
+# Other tracers than the host's bpftrace (README "Compatibility"): run once, not per
+# interpreter.
+CLIENT_TESTS = "tests/test_clients.py"
+
+
+@nox.session(python=PY312 if PY312 else False, venv_backend="venv" if PY312 else "none")
+def clients(session: nox.Session) -> None:
+    """matrix/clients (builds the sid chroot when missing), then tests/test_clients.py."""
+    _require(session, "3.12")
+    _install_project(session)
+    session.run(str(ROOT / "matrix" / "clients"), "--prepare", external=True)
+    session.run("pytest", "-v", CLIENT_TESTS, *session.posargs)
 
 
 @nox.session(python=PY312 if PY312 else False, venv_backend="venv" if PY312 else "none")
@@ -204,4 +221,4 @@ def wheels(session: nox.Session) -> None:
         )  # fmt: skip
 
 
-nox.options.sessions = [f"tests-{v}" for v in REQUIRED] + ["lint", "wheels"]
+nox.options.sessions = [f"tests-{v}" for v in REQUIRED] + ["clients", "lint", "wheels"]

@@ -112,8 +112,9 @@ _BOOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_trace_boot.py
 # The probes, in bit order.
 _PROBES = PROBES
 
-# bpftrace 0.17 sets RLIMIT_MEMLOCK to infinity, and says so on stderr when it may not.
-_MEMLOCK_ERROR = re.compile(r"^ERROR: .*couldn't set RLIMIT_MEMLOCK")
+# bpftrace sets RLIMIT_MEMLOCK to infinity, and says so on stderr when it may not (0.17 as
+# an ERROR, 0.27 as a WARNING).
+_MEMLOCK_ERROR = re.compile(r"^(ERROR|WARNING): .*couldn't set RLIMIT_MEMLOCK")
 
 
 class UsageError(Exception):
