@@ -12,8 +12,8 @@ This file owns the `pyusdt-trace` console script. It has three modes:
 - --ps: list the processes that have pyusdt loaded, with the probes attached in each.
 
 Probe specs are rewritten to `usdt:/proc/PID/root/LIB:...`: that form attaches each probe
-exactly once with `-p` on bpftrace 0.17 and 0.27 alike (0.27 attaches a plain absolute LIB
-twice), and it reaches a library inside another mount namespace (a container).
+exactly once with `-p` on bpftrace 0.17 and 0.27 alike, and it reaches a library inside
+another mount namespace (a container).
 """
 
 from __future__ import annotations
