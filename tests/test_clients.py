@@ -88,6 +88,13 @@ TRACERS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _outside_the_tree(tmp_path, monkeypatch):
+    """Every child runs in a scratch directory: in the source tree (nox's working
+    directory) `python -m pyusdt` would import the unbuilt package found there."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="module")
 def target_file():
     """The workload, copied to a short path under /tmp (visible in the chroot; short, so
@@ -381,7 +388,8 @@ def test_tplist(how, target_file):
     try:
         target.expect("ready")
         wait_mapped(target.pid)
-        what = LIB if how == "-l" else str(target.pid)
+        # The library by a path the chroot sees wherever it lives (a venv in the tree).
+        what = f"/proc/{target.pid}/root{LIB}" if how == "-l" else str(target.pid)
         r = subprocess.run(in_chroot("tplist-bpfcc", "-vv", how, what),
                            capture_output=True, text=True, timeout=120)  # fmt: skip
     finally:
