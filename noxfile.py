@@ -117,6 +117,7 @@ def clients(session: nox.Session) -> None:
     _require(session, "3.12")
     _install_project(session)
     session.run(str(ROOT / "matrix" / "clients"), "--prepare", external=True)
+    session.run(str(ROOT / "matrix" / "clients"), "versions", external=True)
     session.run("pytest", "-v", CLIENT_TESTS, *session.posargs)
 
 
