@@ -376,6 +376,33 @@ def test_pyusdt_trace_bpftrace027(target_file, tmp_path):
     assert "RLIMIT_MEMLOCK" not in r.stderr
 
 
+def test_pyusdt_trace_attach_bpftrace027(target_file, tmp_path):
+    """`pyusdt-trace --bpftrace PATH -p PID` with bpftrace 0.27: attached to a running
+    process, exact counts; it exits when the process does."""
+    need(_unavailable())
+    wrapper = tmp_path / "bpftrace-0.27"
+    wrapper.write_text(f'#!/bin/sh\nexec {CLIENTS} run -- bpftrace "$@"\n')
+    wrapper.chmod(0o755)
+    target = Target(target_file, "stdin")
+    try:
+        target.expect("ready")
+        wait_mapped(target.pid)
+        trace = subprocess.Popen(
+            [sys.executable, "-c", "from pyusdt.trace import main; main()", "--bpftrace",
+             str(wrapper), "-p", str(target.pid), "-e", bt_program("PYUSDT", target_file)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        target.wait_enabled({"PY_START", "PY_RESUME", "PY_YIELD"})
+        target.send("go")
+        target.expect("done")
+    finally:
+        assert target.close() == 0
+    out, err = finish(trace, timeout=60)
+    assert trace.returncode == 0, err
+    assert_counts(bt_maps(out), WORK_STARTS)
+
+
 # -- bcc -----------------------------------------------------------------------------------
 
 
@@ -516,17 +543,29 @@ def test_bcc_early_semaphores(how, target_file):
     assert got == {"PY_START": starts, "PY_RESUME": RESUMES, "PY_YIELD": YIELDS}
 
 
-def test_bcc_sigkill_disables(target_file):
-    """A bcc `trace` killed with SIGKILL leaves the semaphores raised (it lowers them
-    itself when it exits normally): pyusdt disables the probes anyway, within two poll
-    intervals, as their sites are no longer patched."""
-    need(_unavailable())
+@pytest.mark.parametrize("tracer", ["bcc-trace", *TRACERS])
+def test_sigkill_disables(tracer, target_file):
+    """A tracer killed with SIGKILL mid-trace: pyusdt disables the probes within two
+    poll intervals (2 x status()["poll_msec"]), as their sites are no longer patched.
+    bcc's `trace` leaves the semaphores raised (it lowers them itself when it exits
+    normally); bpftrace's are the kernel's, which lowers them with the uprobes."""
+    need(_unavailable(need_chroot=tracer != "bpftrace-0.17"))
     target = Target(target_file, "stdin", env=base_env(PYUSDT_CHECK_MSEC="100"))
     try:
         target.expect("ready")
         wait_mapped(target.pid)
-        out = Lines(bcc_trace(target.pid, {"PY_START": '"%s", arg1'}))
-        out.wait_for(lambda ls: any(ln.startswith("PID") for ln in ls), 180, "trace header")
+        if tracer == "bcc-trace":
+            out = Lines(bcc_trace(target.pid, {"PY_START": '"%s", arg1'}))
+            ready = "trace header"
+            out.wait_for(lambda ls: any(ln.startswith("PID") for ln in ls), 180, ready)
+        else:
+            spec = f"/proc/{target.pid}/root{LIB}"
+            program = (
+                'BEGIN { printf("READY\\n"); }\n'
+                f'usdt:{spec}:pyusdt:PY_START {{ printf("%s\\n", str(arg0)); }}'
+            )
+            out = Lines(popen(TRACERS[tracer]("-p", str(target.pid), "-e", program)))
+            out.wait_for(lambda ls: "READY" in ls, 120, "READY from bpftrace")
         target.wait_enabled({"PY_START"})
         target.send("go")
         target.expect("done")
@@ -535,9 +574,10 @@ def test_bcc_sigkill_disables(target_file):
         out.proc.wait()
         killed = time.monotonic()
         interval = target.status()["poll_msec"] / 1000
-        # bcc left the semaphore raised: the kernel did not, the process memory says so.
-        raised = attached_probes(target.pid)
-        assert raised is not None and raised.get("PY_START", 0) > 0, raised
+        raised = attached_probes(target.pid)  # the semaphores, from the process's memory
+        assert raised is not None
+        if tracer == "bcc-trace":
+            assert raised.get("PY_START", 0) > 0, raised
         while True:
             st = target.status()
             if not st["enabled"]:
@@ -546,7 +586,7 @@ def test_bcc_sigkill_disables(target_file):
             time.sleep(0.005)
         took = time.monotonic() - killed
         assert took <= 2 * interval, f"disabled after {took:.3f} s, poll interval {interval} s"
-        assert "PY_START" in st["attached"] and st["listening"] == [], st
+        assert st["listening"] == [] and st["patched"] == [], st
     finally:
         assert target.close() == 0
     out.stop(repeat=False)
