@@ -106,7 +106,7 @@ def _make_tests_session(version: str) -> None:
 for _version in REQUIRED:
     _make_tests_session(_version)
 
-# Other tracers than the host's bpftrace (README "Compatibility"): run once, not per
+# Other tracers than the host's bpftrace (README "Other tracers"): run once, not per
 # interpreter.
 CLIENT_TESTS = "tests/test_clients.py"
 
