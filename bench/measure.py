@@ -96,9 +96,10 @@ def untraced(
     env: dict[str, str] | None = None,
 ) -> dict:
     """`python workload.py ...` (or `python -m pyusdt workload.py ...`), no tracer, in
-    `procs` processes one after the other (`env`: more environment variables). The sample's time is the fastest repeat of
-    them all: on the VMs this runs on, a whole process can run up to 2x slower than the
-    next one, whatever it runs, and other load only ever adds time."""
+    `procs` processes one after the other (`env`: more environment variables). The
+    sample's time is the fastest repeat of them all: on the VMs this runs on, a whole
+    process can run up to 2x slower than the next one, whatever it runs, and other load
+    only ever adds time."""
     cmd = [py.exe, *(["-m", "pyusdt"] if via_pyusdt else []), WORKLOAD, *work]
     times: list[float] = []
     by_threads: dict[int, float] = {}

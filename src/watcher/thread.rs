@@ -14,6 +14,10 @@ use super::{lock, Watcher};
 /// itself, never joined.
 pub(super) const STOP_WAIT: Duration = Duration::from_secs(2);
 
+/// How long semaphores must stay raised on unpatched sites before the
+/// verbose log says so.
+const LOG_IGNORED_AFTER: Duration = Duration::from_secs(1);
+
 struct Running {
     handle: JoinHandle<()>,
     pid: i32,
@@ -153,8 +157,10 @@ impl Watcher {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        // Raised semaphores whose sites nobody patched, last logged.
-        let mut ignored = 0;
+        // Raised semaphores whose sites are not patched: which, since when,
+        // and whether that was logged (once it lasts `LOG_IGNORED_AFTER`: a
+        // tracer attaching or detaching passes through it briefly).
+        let mut ignored = (0, Instant::now(), false);
         loop {
             if c.generation != generation || c.off {
                 break;
@@ -163,7 +169,10 @@ impl Watcher {
             let mask = self.sources.listening();
             if crate::config::get().verbose {
                 let now = (self.sources.raised)() & !mask;
-                if now != ignored && now != 0 {
+                if now != ignored.0 {
+                    ignored = (now, Instant::now(), false);
+                } else if now != 0 && !ignored.2 && ignored.1.elapsed() >= LOG_IGNORED_AFTER {
+                    ignored.2 = true;
                     crate::config::log(|| {
                         format!(
                             "semaphores raised but sites not patched, not enabled: {}",
@@ -171,7 +180,6 @@ impl Watcher {
                         )
                     });
                 }
-                ignored = now;
             }
             let due = lock(&self.reg).due(mask, Instant::now());
             for token in due {
