@@ -214,7 +214,7 @@ class Lines:
             self.lines.append(None)  # type: ignore[arg-type]  # EOF
             self._cond.notify_all()
 
-    def wait_for(self, pred, timeout: float, what: str) -> None:
+    def wait_for(self, pred, timeout: float, what: str, summary=None) -> None:
         deadline = time.monotonic() + timeout
         with self._cond:
             while not (ok := pred([ln for ln in self.lines if ln is not None])):
@@ -224,7 +224,8 @@ class Lines:
                 self._cond.wait(left)
         if not ok:
             err = self.stop(repeat=False)
-            raise AssertionError(f"no {what} in {timeout} s: {self.lines[-20:]}\n{err}")
+            seen = summary(self.text()) if summary else self.lines[-20:]
+            raise AssertionError(f"no {what} in {timeout} s: {seen}\n{err}")
 
     def stop(self, repeat: bool = True, grace: float = 30) -> str:
         """SIGINTs the child, waits for it; returns its stderr. `repeat`: every half
@@ -494,7 +495,7 @@ def wait_bcc_events(out: Lines, file: str, starts: dict) -> dict[str, dict]:
     def enough(lines):
         return sum(total(c) for c in bcc_events(lines, file).values()) >= want
 
-    out.wait_for(enough, 60, "events from bcc trace")
+    out.wait_for(enough, 60, "events from bcc trace", lambda ls: bcc_events(ls, file))
     time.sleep(0.5)
     err = out.stop(repeat=False)
     # trace exits with status 1 after a Ctrl-C (it prints the empty KeyboardInterrupt).
