@@ -8,7 +8,8 @@ AND the site that fires is patched by a tracer (issue 11, item 4).
   only after the uprobes are placed, and every event after that is received (exact
   per-thread uprobe hit counts); SIGKILLed, it leaves the semaphores raised and the
   kernel removes its uprobes: pyusdt disables within two poll intervals;
-- a real bpftrace -p, SIGKILLed mid-trace: pyusdt disables within two poll intervals.
+- a real bpftrace -p, SIGKILLed mid-trace: pyusdt disables within two poll intervals;
+- semaphores left raised by a dead tracer do not stall wait_for_tracer for a live one.
 
 Times are CLOCK_MONOTONIC, shared by the test and its target; the target records when
 its enabled set changes from a sampler thread (tests/scripts/listen_target.py).
@@ -222,6 +223,29 @@ def test_bcc_like_early_semaphores_wait_then_sigkill_disables(tmp_path):
     finally:
         if bcc is not None:
             bcc.kill()
+        target.kill()
+
+
+def test_stale_semaphores_do_not_stall_wait_for_tracer(tmp_path):
+    """Semaphores a dead bcc left raised (CALL, LINE here) and a live tracer on PY_START
+    (a perf uprobe counted in its semaphore, as bpftrace's): wait_for_tracer returns, with
+    only PY_START enabled."""
+    need_uprobes()
+    target = Target(tmp_path)
+    sems = Semaphores(target.p.pid, LIB)
+    try:
+        for p in ("CALL", "LINE"):
+            sems.add(p, 1)
+        with rel_uprobe.Uprobe(LIB, rel_uprobe.probe_offsets(LIB)["PY_START"], target.p.pid):
+            ok, _ = target.ask("wait 20", "waited").split()
+            assert ok == "True"
+            st = target.status()
+            assert st["attached"] == ["PY_START", "CALL", "LINE"], st
+            assert st["listening"] == st["enabled"] == ["PY_START"], st
+        for p in ("CALL", "LINE"):
+            sems.add(p, -1)
+    finally:
+        sems.close()
         target.kill()
 
 
