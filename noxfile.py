@@ -7,6 +7,10 @@ Sessions:
                                        interpreter is built --with-dtrace)
   tests-3.15-jit                       opt-in (not run by default): the suite on the JIT build
                                        (`matrix/provision 3.15-jit`) with PYTHON_JIT=1
+  clients                              tests/test_clients.py once (3.12): bpftrace 0.27 and bcc
+                                       0.37 from matrix/clients' Debian sid chroot (built there
+                                       when missing), the host's perf and bpftrace 0.17; the
+                                       tests-* sessions leave that file out
   lint                                 cargo clippy -D warnings and cargo fmt --check (both
                                        Cargo manifests), ruff
   bench                                python bench/run.py (3.12 venv, project installed)
@@ -14,7 +18,7 @@ Sessions:
                                        and architecture (x86_64, aarch64; maturin --zig) into
                                        dist/wheels, the x86_64 ones install-tested
 
-`nox` with no arguments runs every tests-* session plus lint.
+`nox` with no arguments runs every tests-* session, clients, lint and wheels.
 
 Interpreter paths come from `matrix/provision --list` ("VERSION PATH" lines); this file
 never builds interpreters, run `matrix/provision` (or `bash matrix/test`) first.
@@ -104,11 +108,26 @@ def _make_tests_session(version: str) -> None:
         session.install(*SERVER_REQS)
         _install_project(session)
         env = {"PYUSDT_EXPECT_NATIVE_MARKERS": "1"} if version in NATIVE_MARKERS else {}
-        session.run("pytest", "-v", "tests", *session.posargs, env=env)
+        session.run("pytest", "-v", "tests", f"--ignore={CLIENT_TESTS}", *session.posargs, env=env)
 
 
 for _version in REQUIRED:
     _make_tests_session(_version)
+
+# Other tracers than the host's bpftrace (README "Other tracers"): run once, not per
+# interpreter.
+CLIENT_TESTS = "tests/test_clients.py"
+
+
+@nox.session(python=PY312 if PY312 else False, venv_backend="venv" if PY312 else "none")
+def clients(session: nox.Session) -> None:
+    """matrix/clients (builds the sid chroot when missing), then tests/test_clients.py."""
+    _require(session, "3.12")
+    _install_project(session)
+    session.run(str(ROOT / "matrix" / "clients"), "--prepare", external=True)
+    session.run(str(ROOT / "matrix" / "clients"), "versions", external=True)
+    session.run("pytest", "-v", CLIENT_TESTS, *session.posargs)
+
 
 JIT = "3.15-jit"
 
@@ -127,7 +146,7 @@ def tests_jit(session: nox.Session) -> None:
     session.install(*SERVER_REQS)
     _install_project(session)
     env = {"PYTHON_JIT": "1", "PYUSDT_EXPECT_JIT": "1", "PYUSDT_EXPECT_NATIVE_MARKERS": "1"}
-    session.run("pytest", "-v", "tests", *session.posargs, env=env)
+    session.run("pytest", "-v", "tests", f"--ignore={CLIENT_TESTS}", *session.posargs, env=env)
 
 
 @nox.session(python=PY312 if PY312 else False, venv_backend="venv" if PY312 else "none")
@@ -235,4 +254,4 @@ def wheels(session: nox.Session) -> None:
         )  # fmt: skip
 
 
-nox.options.sessions = [f"tests-{v}" for v in REQUIRED] + ["lint", "wheels"]
+nox.options.sessions = [f"tests-{v}" for v in REQUIRED] + ["clients", "lint", "wheels"]

@@ -12,8 +12,8 @@ This file owns the `pyusdt-trace` console script. It has three modes:
 - --ps: list the processes that have pyusdt loaded, with the probes attached in each.
 
 Probe specs are rewritten to `usdt:/proc/PID/root/LIB:...`: that form attaches each probe
-exactly once with `-p` on bpftrace 0.17 and 0.27 alike (0.27 attaches a plain absolute LIB
-twice), and it reaches a library inside another mount namespace (a container).
+exactly once with `-p` on bpftrace 0.17 and 0.27 alike, and it reaches a library inside
+another mount namespace (a container).
 """
 
 from __future__ import annotations
@@ -112,8 +112,9 @@ _BOOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_trace_boot.py
 # The probes, in bit order.
 _PROBES = PROBES
 
-# bpftrace 0.17 sets RLIMIT_MEMLOCK to infinity, and says so on stderr when it may not.
-_MEMLOCK_ERROR = re.compile(r"^ERROR: .*couldn't set RLIMIT_MEMLOCK")
+# bpftrace sets RLIMIT_MEMLOCK to infinity, and says so on stderr when it may not (0.17 as
+# an ERROR, 0.27 as a WARNING).
+_MEMLOCK_ERROR = re.compile(r"^(ERROR|WARNING): .*couldn't set RLIMIT_MEMLOCK")
 
 
 class UsageError(Exception):
