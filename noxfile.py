@@ -240,7 +240,8 @@ def wheels(session: nox.Session) -> None:
             session.error(f"expected one new wheel for {version}, got {built}")
         session.run("python", str(ROOT / "matrix" / "wheel_check.py"), path, str(built[0]))
     # aarch64: cross-built (zig links; maturin knows each interpreter's layout by name),
-    # checked by maturin's manylinux audit; not install-tested here (no aarch64 machine).
+    # checked by maturin's manylinux audit; not install-tested here: matrix/arm64-suite
+    # builds the cp313 one the same way and tests it in an arm64 guest (in .ci/run).
     # maturin cross-builds free-threaded interpreters only from 3.14 on: no 3.13t wheel.
     session.run("rustup", "target", "add", AARCH64, external=True)
     for version in REQUIRED:

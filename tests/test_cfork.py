@@ -224,10 +224,12 @@ libc = ctypes.CDLL(None, use_errno=True)
 r, w = os.pipe()
 main_tid = threading.get_native_id()
 
+# wait4 (glibc's waitpid) is syscall 61 on x86_64, 260 on aarch64.
+WAIT4 = {"x86_64": "61", "aarch64": "260"}[os.uname().machine]
+
 def main_in_wait4():
-    # x86_64 wait4 (glibc's waitpid) is syscall 61.
     with open(f"/proc/self/task/{main_tid}/syscall") as f:
-        return f.read().split()[0] == "61"
+        return f.read().split()[0] == WAIT4
 
 def thread_work():
     return 1

@@ -71,33 +71,36 @@ macro_rules! site_fn {
 
 /// The probe sites, one function each.
 pub mod fire {
-    // At most six arguments, all in registers, as on x86_64.
+    // At most six arguments, all in registers, as on x86_64. A 32-bit argument is
+    // `-4@xN`, never `-4@wN`: bcc's and libbpf's aarch64 note parsers (bpftrace's)
+    // know only `xN` and `sp` and read the low 4 bytes for size 4 (with `wN`, bpftrace
+    // 0.23 rejects the note: "Parse error", then "couldn't get argument").
 
-    site_fn!(py_start, "PY_START", "8@x0 8@x1 -4@w2 -8@x3 -8@x4 8@x5",
+    site_fn!(py_start, "PY_START", "8@x0 8@x1 -4@x2 -8@x3 -8@x4 8@x5",
         (name: usize, file: usize, line: i32, offset: i64, interp: i64, qualname: usize));
-    site_fn!(py_resume, "PY_RESUME", "8@x0 8@x1 -4@w2 -8@x3 -8@x4 8@x5",
+    site_fn!(py_resume, "PY_RESUME", "8@x0 8@x1 -4@x2 -8@x3 -8@x4 8@x5",
         (name: usize, file: usize, line: i32, offset: i64, interp: i64, qualname: usize));
-    site_fn!(py_return, "PY_RETURN", "8@x0 8@x1 -4@w2 -8@x3 8@x4 -8@x5",
+    site_fn!(py_return, "PY_RETURN", "8@x0 8@x1 -4@x2 -8@x3 8@x4 -8@x5",
         (name: usize, file: usize, line: i32, offset: i64, repr: usize, interp: i64));
-    site_fn!(py_yield, "PY_YIELD", "8@x0 8@x1 -4@w2 -8@x3 8@x4 -8@x5",
+    site_fn!(py_yield, "PY_YIELD", "8@x0 8@x1 -4@x2 -8@x3 8@x4 -8@x5",
         (name: usize, file: usize, line: i32, offset: i64, repr: usize, interp: i64));
-    site_fn!(call, "CALL", "8@x0 8@x1 -4@w2 -8@x3 8@x4 -8@x5",
+    site_fn!(call, "CALL", "8@x0 8@x1 -4@x2 -8@x3 8@x4 -8@x5",
         (name: usize, file: usize, line: i32, offset: i64, repr: usize, interp: i64));
-    site_fn!(line, "LINE", "8@x0 8@x1 -4@w2 -8@x3 8@x4",
+    site_fn!(line, "LINE", "8@x0 8@x1 -4@x2 -8@x3 8@x4",
         (name: usize, file: usize, line: i32, interp: i64, qualname: usize));
-    site_fn!(py_unwind, "PY_UNWIND", "8@x0 8@x1 -4@w2 -8@x3 8@x4 8@x5",
+    site_fn!(py_unwind, "PY_UNWIND", "8@x0 8@x1 -4@x2 -8@x3 8@x4 8@x5",
         (name: usize, file: usize, line: i32, offset: i64, ty: usize, msg: usize));
-    site_fn!(py_throw, "PY_THROW", "8@x0 8@x1 -4@w2 -8@x3 8@x4 8@x5",
+    site_fn!(py_throw, "PY_THROW", "8@x0 8@x1 -4@x2 -8@x3 8@x4 8@x5",
         (name: usize, file: usize, line: i32, offset: i64, ty: usize, msg: usize));
-    site_fn!(raise, "RAISE", "8@x0 8@x1 -4@w2 -8@x3 8@x4 8@x5",
+    site_fn!(raise, "RAISE", "8@x0 8@x1 -4@x2 -8@x3 8@x4 8@x5",
         (name: usize, file: usize, line: i32, offset: i64, ty: usize, msg: usize));
-    site_fn!(reraise, "RERAISE", "8@x0 8@x1 -4@w2 -8@x3 8@x4 8@x5",
+    site_fn!(reraise, "RERAISE", "8@x0 8@x1 -4@x2 -8@x3 8@x4 8@x5",
         (name: usize, file: usize, line: i32, offset: i64, ty: usize, msg: usize));
-    site_fn!(exception_handled, "EXCEPTION_HANDLED", "8@x0 8@x1 -4@w2 -8@x3 8@x4 8@x5",
+    site_fn!(exception_handled, "EXCEPTION_HANDLED", "8@x0 8@x1 -4@x2 -8@x3 8@x4 8@x5",
         (name: usize, file: usize, line: i32, offset: i64, ty: usize, msg: usize));
-    site_fn!(c_return, "C_RETURN", "8@x0 8@x1 -4@w2 -8@x3 8@x4 -8@x5",
+    site_fn!(c_return, "C_RETURN", "8@x0 8@x1 -4@x2 -8@x3 8@x4 -8@x5",
         (name: usize, file: usize, line: i32, offset: i64, repr: usize, interp: i64));
-    site_fn!(c_raise, "C_RAISE", "8@x0 8@x1 -4@w2 -8@x3 8@x4 -8@x5",
+    site_fn!(c_raise, "C_RAISE", "8@x0 8@x1 -4@x2 -8@x3 8@x4 -8@x5",
         (name: usize, file: usize, line: i32, offset: i64, repr: usize, interp: i64));
 }
 

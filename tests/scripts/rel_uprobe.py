@@ -32,7 +32,10 @@ def _vaddr_to_offset(phdrs: list[tuple[int, int, int, int]], vaddr: int) -> int:
 def kernel_optimizes_uprobes() -> bool:
     """Has this kernel the `uprobe` syscall (336) that its nop5 trampoline calls? Outside
     a trampoline it fails with ENXIO; kernels without it say ENOSYS. pyusdt fires its
-    5-byte-nop sites then, its 1-byte-nop sites otherwise."""
+    5-byte-nop sites then, its 1-byte-nop sites otherwise. Only x86_64 has the trampoline
+    (336 is another syscall number, or none, elsewhere)."""
+    if os.uname().machine != "x86_64":
+        return False
     _libc.syscall.restype = ctypes.c_long
     return _libc.syscall(336) == -1 and ctypes.get_errno() == errno.ENXIO
 
