@@ -572,8 +572,11 @@ class Tracer:
     ):
         _raise_memlock()
         self.report = report
+        # A tool is pyusdt's own program, written for bpftrace 0.17 and newer alike: the
+        # newer ones' warnings about it (while loops deprecated, sign casts) are noise there.
+        quiet = ["--no-warnings"] if report is not None else []
         self.proc = subprocess.Popen(
-            [bpftrace, "-p", str(pid), bt_file, *(args or [])],
+            [bpftrace, *quiet, "-p", str(pid), bt_file, *(args or [])],
             process_group=0,
             stderr=subprocess.PIPE,
             stdout=subprocess.PIPE if report is not None else None,

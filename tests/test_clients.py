@@ -404,6 +404,35 @@ def test_pyusdt_trace_attach_bpftrace027(target_file, tmp_path):
     assert_counts(bt_maps(out), WORK_STARTS)
 
 
+@pytest.mark.parametrize("tool", ["calls", "flow", "latency"])
+def test_tools_bpftrace027(target_file, tmp_path, tool):
+    """pyusdt's ready-made tools that keep a per-thread frame stack compile and count
+    exactly on bpftrace 0.27 too (its variables are scoped to their block, unlike 0.17's),
+    and print none of 0.27's warnings about pyusdt's own programs."""
+    need(_unavailable())
+    wrapper = tmp_path / "bpftrace-0.27"
+    wrapper.write_text(f'#!/bin/sh\nexec {CLIENTS} run -- bpftrace "$@"\n')
+    wrapper.chmod(0o755)
+    func = ["alpha"] if tool == "latency" else ["--top", "1000"] if tool == "calls" else []
+    r = subprocess.run(
+        [sys.executable, "-c", "from pyusdt.trace import main; main()", "--bpftrace",
+         str(wrapper), "--as-root", "--tool", tool, *func, "--", target_file, "run"],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "WARNING" not in r.stderr and "ERROR" not in r.stderr, r.stderr
+    out = r.stdout
+    if tool == "calls":
+        rows = dict(re.findall(r"^(\S+)\s+\S+:\d+\s+(\d+)\s", out, re.M))
+        assert rows.get("alpha") == "50" and rows.get("K.beta") == "20", out
+    elif tool == "flow":
+        assert len(re.findall(r"-> alpha \(", out)) == 50, out
+        assert len(re.findall(r"<- alpha \d", out)) == 50, out
+        assert len(re.findall(r"-> K\.beta \(", out)) == 20, out
+    else:
+        assert re.search(r"^@calls: 50$", out, re.M), out
+
+
 # -- bcc -----------------------------------------------------------------------------------
 
 
