@@ -52,7 +52,9 @@ after bpftrace has printed everything.
 With -p PID, trace a running process that has pyusdt loaded (`python -m pyusdt ...` or
 `import pyusdt`), also one in a container; exits when it does, or on Ctrl-C.
 With --ps, list the processes that have pyusdt loaded: PID, Python version, the probes
-attached now (from their semaphores) and the command line.
+attached now (from their semaphores; "(no-uprobe)" marks one whose semaphore is raised
+with no uprobe on its sites, e.g. left by a killed bcc: pyusdt keeps it off) and the
+command line.
 
 With --tool NAME, run one of pyusdt's ready-made tools (bpftrace programs shipped in
 pyusdt/tools/; --list-tools lists them) instead of a program of your own: calls, flow,
@@ -338,14 +340,19 @@ def _u(data: bytes, fmt: str, offset: int) -> tuple:
 
 
 def stapsdt_semaphores(
-    data: bytes, provider: str = "pyusdt", nargs: dict[str, int] | None = None
+    data: bytes,
+    provider: str = "pyusdt",
+    nargs: dict[str, int] | None = None,
+    sites: dict[str, list[int]] | None = None,
 ) -> tuple[int, dict[str, int]]:
     """(link-time vaddr of the first PT_LOAD, {probe: link-time semaphore vaddr}) of an ELF.
 
     Reads the SystemTap SDT notes (section .note.stapsdt, note type 3): each note's
     descriptor is the probe's pc, the link-time address of .stapsdt.base and the
     semaphore's address, then "provider\\0name\\0args\\0". Probes without a semaphore are
-    left out. The semaphore is corrected by how far .stapsdt.base moved (prelink).
+    left out. The semaphore (and pc) is corrected by how far .stapsdt.base moved
+    (prelink). `nargs` and `sites`, when given, receive each probe's argument count and
+    its sites' link-time addresses (one note per site).
     """
     if data[:4] != b"\x7fELF" or data[4] not in (1, 2) or data[5] not in (1, 2):
         raise ValueError("not an ELF file")
@@ -400,7 +407,7 @@ def stapsdt_semaphores(
         pos = desc_at + ((descsz + 3) & ~3)
         if ntype != 3 or data[name_at : name_at + namesz].rstrip(b"\0") != b"stapsdt":
             continue
-        _pc, note_base, sem = _u(data, e + w * 3, desc_at)
+        pc, note_base, sem = _u(data, e + w * 3, desc_at)
         prov, probe, argspec = (
             data[desc_at + 3 * addr_size : desc_at + descsz].split(b"\0") + [b""]
         )[:3]
@@ -410,16 +417,30 @@ def stapsdt_semaphores(
             nargs[probe.decode(errors="replace")] = len(argspec.split())
         if base is not None:
             sem += base[2] - note_base
+            pc += base[2] - note_base
         found[probe.decode(errors="replace")] = sem
+        if sites is not None:
+            sites.setdefault(probe.decode(errors="replace"), []).append(pc)
     return first_load, found
 
 
-def attached_probes(pid: int, maps: list[Mapping] | None = None) -> dict[str, int] | None:
+# What a probe site holds while no uprobe is on it: pyusdt's 1-byte and 5-byte x86-64 nops
+# (0x0f starts only the latter) and the aarch64 nop. A uprobe replaces it with int3 or a
+# call (x86-64) or brk (aarch64).
+_SITE_NOPS = (b"\x90", b"\x0f\x1f\x44\x00\x00", b"\x1f\x20\x03\xd5")
+
+
+def attached_probes(
+    pid: int, maps: list[Mapping] | None = None, unpatched: set[str] | None = None
+) -> dict[str, int] | None:
     """{probe: semaphore count} of the pyusdt probes attached in process `pid` now.
 
     The semaphores' addresses come from the library's SDT notes, moved by the address at
     which the process mapped the library (from /proc/PID/maps); the counts are read from
-    /proc/PID/mem. None if the library or the memory cannot be read.
+    /proc/PID/mem. None if the library or the memory cannot be read. `unpatched`, when
+    given, receives the probes whose semaphore is raised but none of whose sites holds a
+    uprobe (a tracer that died without lowering it, or one still attaching): pyusdt keeps
+    those off.
     """
     try:
         maps = _maps(pid) if maps is None else maps
@@ -441,8 +462,9 @@ def attached_probes(pid: int, maps: list[Mapping] | None = None) -> dict[str, in
             continue
     if data is None:
         return None
+    sites: dict[str, list[int]] = {}
     try:
-        first_load, sems = stapsdt_semaphores(data)
+        first_load, sems = stapsdt_semaphores(data, sites=sites)
     except (ValueError, struct.error, IndexError):
         return None
     bias = head.start - head.offset - first_load
@@ -455,6 +477,13 @@ def attached_probes(pid: int, maps: list[Mapping] | None = None) -> dict[str, in
                 if len(raw) != 2:
                     return None
                 counts[probe] = int.from_bytes(raw, sys.byteorder)
+                if unpatched is not None and counts[probe]:
+                    held = []
+                    for pc in sites.get(probe, []):
+                        mem.seek(bias + pc)
+                        held.append(mem.read(5))
+                    if all(code.startswith(_SITE_NOPS) for code in held):
+                        unpatched.add(probe)
     except (OSError, ValueError, OverflowError):
         return None
     return counts
@@ -488,12 +517,15 @@ def _cmdline(pid: int) -> str:
     return " ".join(a.decode(errors="replace") for a in raw.rstrip(b"\0").split(b"\0"))
 
 
-def _format_probes(counts: dict[str, int] | None) -> str:
+def _format_probes(counts: dict[str, int] | None, unpatched: set[str] | None = None) -> str:
     """The attached probes' names; a semaphore counts uprobes, not tracers, so it is
-    1 however many tracers attached the probe."""
+    1 however many tracers attached the probe. A probe whose semaphore is raised with no
+    uprobe on its sites is marked `(no-uprobe)`: pyusdt does not enable it."""
     if counts is None:
         return "?"
-    return ",".join(p for p in _PROBES if counts.get(p)) or "-"
+    unpatched = unpatched or set()
+    names = (p + ("(no-uprobe)" if p in unpatched else "") for p in _PROBES if counts.get(p))
+    return ",".join(names) or "-"
 
 
 def list_processes() -> list[tuple[int, str, str, str]]:
@@ -513,7 +545,7 @@ def list_processes() -> list[tuple[int, str, str, str]]:
             (
                 pid,
                 python_version(pid, maps),
-                _format_probes(attached_probes(pid, maps)),
+                _format_probes(attached_probes(pid, maps, unpatched := set()), unpatched),
                 _cmdline(pid),
             )
         )

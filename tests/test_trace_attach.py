@@ -27,6 +27,12 @@ from conftest import (
     spawn,
 )
 
+SCRIPTS = Path(__file__).parent / "scripts"
+if str(SCRIPTS) not in sys.path:
+    sys.path.insert(0, str(SCRIPTS))
+
+from interp_sema import Semaphores  # noqa: E402
+
 REAL_LIB = os.path.realpath(LIB)
 READY = 'BEGIN { printf("READY\\n"); } '
 COUNT = 'usdt:PYUSDT:pyusdt:PY_START /str(arg0) == "marker_fn"/ { @calls = count(); }'
@@ -288,6 +294,16 @@ def test_ps(workdir):
         wait_ready(ns_bt)
         assert ps_row(target.pid)[:3] == [str(target.pid), version, "PY_START,CALL"]
         assert ps_row(ns_target.pid)[:3] == [str(ns_target.pid), version, "LINE"]
+        # A semaphore raised with no uprobe on its sites (as a SIGKILLed bcc leaves it) is
+        # marked: pyusdt keeps that probe off.
+        sema = Semaphores(target.pid, REAL_LIB)
+        try:
+            sema.add("LINE", 1)
+            assert ps_row(target.pid)[2] == "PY_START,CALL,LINE(no-uprobe)"
+            sema.add("LINE", -1)
+        finally:
+            sema.close()
+        assert ps_row(target.pid)[2] == "PY_START,CALL"
         for t in (target, ns_target):
             assert t.stdin is not None
             t.stdin.close()
