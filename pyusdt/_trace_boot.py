@@ -21,6 +21,7 @@ names) lets it run at once.
 import importlib.util
 import os
 import sys
+import time
 
 # python put this file's directory first on sys.path; `python -m` puts the cwd there.
 if not sys.flags.safe_path:
@@ -52,10 +53,16 @@ if _gate is not None and _gate.isdigit():
             os.close(_fd)
         except OSError:
             pass
-        names = [n for n in data.decode(errors="replace").strip().split(",") if n]
-        names = [n for n in names if n in _pyusdt.PROBES]
+        # "NAME,NAME,... SETTLE": the tool's USDT probes, then how long its kernel probes
+        # may still take to attach once those are enabled.
+        line, _, settle = data.decode(errors="replace").strip().partition(" ")
+        names = [n for n in line.split(",") if n in _pyusdt.PROBES]
         if names and not _pyusdt.wait_for_tracer(max(wait or 0.0, 10.0), names):
             sys.stderr.write("pyusdt: the tool's probes were not enabled; running anyway\n")
+        try:
+            time.sleep(min(max(float(settle or 0), 0.0), 5.0))
+        except ValueError:
+            pass
 
     _main._wait_for_tracer = _wait_for_gate
 

@@ -59,8 +59,10 @@ command line.
 With --tool NAME, run one of pyusdt's ready-made tools (bpftrace programs shipped in
 pyusdt/tools/; --list-tools lists them) instead of a program of your own: calls, flow,
 latency FUNC, syscalls, offcpu, exceptions. The program starts once the tool's BEGIN
-has run (every probe attached); the tool's report is printed when the trace ends, to
-stdout (or -o FILE), its "Tracing..." line to stderr.
+has run and its USDT probes are enabled (bpftrace runs BEGIN before it attaches the
+rest), and 0.5 s later for a tool with kernel probes (syscalls, offcpu: bpftrace attaches
+those after the USDT probes and says nothing when it has); the tool's report is printed
+when the trace ends, to stdout (or -o FILE), its "Tracing..." line to stderr.
 
 In the bpftrace program, the probe library may be named as `usdt:PYUSDT:pyusdt:PROBE`,
 `usdt:./libpyusdt.so:pyusdt:PROBE` (any path ending in libpyusdt*.so) or
@@ -870,13 +872,15 @@ def run(opts: Options, bpftrace: str, program: str) -> None:
     gate_r, gate_w = os.pipe() if opts.tool is not None else (None, None)
     gate = [gate_w]
     gate_probes: list[str] = []
+    gate_settle = [0.0]
 
     def release() -> None:
-        """Let the target run: its line names the probes it waits for (see _trace_boot)."""
+        """Let the target run: its line names the probes it waits for, then how long to
+        wait after they are enabled (see _trace_boot)."""
         if gate[0] is not None:
             fd, gate[0] = gate[0], None
             try:
-                os.write(fd, (",".join(gate_probes) + "\n").encode())
+                os.write(fd, f"{','.join(gate_probes)} {gate_settle[0]:g}\n".encode())
             except OSError:
                 pass
             os.close(fd)
@@ -896,6 +900,7 @@ def run(opts: Options, bpftrace: str, program: str) -> None:
             _stop(child, signal.SIGKILL, 1.0)
             _fail(str(exc), 2)
         gate_probes.extend(tools.probes_of(setup.program))
+        gate_settle[0] = tools.settle_of(setup.program)
         tmpdir = tempfile.mkdtemp(prefix="pyusdt-trace-")
         bt_file = _write_program(tmpdir, opts.script, setup.program)
         try:

@@ -91,6 +91,20 @@ def probes_of(program: str) -> list[str]:
     return [m[1] for line in program.splitlines() if (m := _SPEC_RE.match(line.strip()))]
 
 
+# Kernel probes of a tool (its tracepoints): bpftrace attaches them after the USDT probes
+# declared before them (a tool's maps must be typed by those first, on bpftrace 0.17).
+_KERNEL_PROBE_RE = re.compile(r"^(tracepoint|kprobe|kretprobe|kfunc|fentry|rawtracepoint):")
+# How long a tool's target waits, once its USDT probes are enabled, for those to follow.
+KERNEL_PROBES_SETTLE = 0.5
+
+
+def settle_of(program: str) -> float:
+    """Seconds the target waits after the tool's USDT probes are enabled: for bpftrace to
+    attach the tool's kernel probes too (it prints nothing when it has)."""
+    kernel = any(_KERNEL_PROBE_RE.match(line.strip()) for line in program.splitlines())
+    return KERNEL_PROBES_SETTLE if kernel else 0.0
+
+
 def has_qualname(available: dict[str, int] | set[str]) -> bool:
     """True if PY_START and PY_RESUME carry co_qualname (arg5)."""
     return isinstance(available, dict) and all(
