@@ -668,7 +668,8 @@ def perf_event(tmp_path):
     """`perf probe sdt_pyusdt:PY_START` on this library (after `perf buildid-cache --add`,
     in a build-id cache of the test's own, so other libraries' notes stay out of it);
     yields the event's name, deletes it afterwards. `-f`: the event is named
-    PY_START_1 and so on if another PY_START exists (another checkout, say)."""
+    PY_START_1 and so on if another PY_START exists (another checkout, say); perf pads the
+    names it lists, so one or more spaces follow."""
     need(_unavailable(need_chroot=False, need_perf=True))
     assert PERF is not None
     perf = [PERF, "--buildid-dir", str(tmp_path / "buildid")]
@@ -676,7 +677,7 @@ def perf_event(tmp_path):
     assert r.returncode == 0, r.stderr
     r = subprocess.run([*perf, "probe", "-f", "sdt_pyusdt:PY_START"], capture_output=True,
                        text=True)  # fmt: skip
-    events = set(re.findall(r"^\s+(sdt_pyusdt:PY_START\w*) \(on ", r.stderr + r.stdout, re.M))
+    events = set(re.findall(r"^\s+(sdt_pyusdt:PY_START\w*)\s+\(on ", r.stderr + r.stdout, re.M))
     try:
         assert r.returncode == 0 and len(events) == 1, r.stderr
         yield next(iter(events))
