@@ -226,17 +226,25 @@ pub mod fire {
         (name: usize, file: usize, line: i32, offset: i64, repr: usize, interp: i64));
 }
 
-/// Is every site of `probe` patched by a tracer (its first byte no longer
-/// the `nop`'s: an int3, or on 6.18 a call into the trampoline)? A tracer
-/// attaches the probe's locations one after the other.
+/// Is the 1-byte site of `probe` patched by a tracer (an int3 on its `nop`)?
+fn patched1(probe: Probe) -> bool {
+    // SAFETY: the first byte of a probe site in this library's mapped text,
+    // read (volatile: the kernel rewrites it) and never written.
+    unsafe { std::ptr::read_volatile(SITES1[probe as usize]) != SITE_NOP1 }
+}
+
+/// Is the 5-byte site of `probe` patched by a tracer (its first byte no
+/// longer the `nop`'s: an int3, or on 6.18 a call into the trampoline)?
+fn patched5(probe: Probe) -> bool {
+    // SAFETY: the first byte of a probe site in this library's mapped text,
+    // read (volatile: the kernel rewrites it) and never written.
+    unsafe { std::ptr::read_volatile(sites()[probe as usize].cast::<u8>()) != SITE_NOP[0] }
+}
+
+/// Is every site of `probe` patched by a tracer? A tracer attaches the
+/// probe's locations one after the other.
 pub fn patched(probe: Probe) -> bool {
-    let one = SITES1[probe as usize];
-    let five = sites()[probe as usize];
-    // SAFETY: the first bytes of two probe sites in this library's mapped
-    // text, read (volatile: the kernel rewrites them) and never written.
-    unsafe {
-        std::ptr::read_volatile(one) != SITE_NOP1 && std::ptr::read_volatile(five)[0] != SITE_NOP[0]
-    }
+    patched1(probe) && patched5(probe)
 }
 
 /// Is the site of `probe` that fires on this kernel (`optimized()`) patched
@@ -244,14 +252,10 @@ pub fn patched(probe: Probe) -> bool {
 /// on it is gone (SIGKILLed: the kernel removes its uprobes) receives
 /// nothing, whatever the semaphore says.
 pub fn armed(probe: Probe) -> bool {
-    // SAFETY: the first byte of a probe site in this library's mapped text,
-    // read (volatile: the kernel rewrites it) and never written.
-    unsafe {
-        if optimized() {
-            std::ptr::read_volatile(sites()[probe as usize].cast::<u8>()) != SITE_NOP[0]
-        } else {
-            std::ptr::read_volatile(SITES1[probe as usize]) != SITE_NOP1
-        }
+    if optimized() {
+        patched5(probe)
+    } else {
+        patched1(probe)
     }
 }
 
